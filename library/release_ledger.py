@@ -59,6 +59,9 @@ options:
         description:
           - Full ID of the deployed backend image, C(sha256:) followed by 64 hex digits, as printed
             by C(docker image inspect --format '{{.Id}}' IMAGE).
+          - The full ID is enforced when O(release.health=healthy), because good entries are
+            rollback targets. With O(release.health=unhealthy) any non-empty string is accepted,
+            for example V(unknown) when the image could not be inspected.
         type: str
         required: true
       images:

@@ -166,15 +166,17 @@ def normalize_release(release):
     for field in ("tag", "image_id"):
         if not isinstance(rel[field], str) or not rel[field].strip():
             raise LedgerError(f"'release.{field}' is required and must be a non-empty string")
-    if not IMAGE_ID_RE.match(rel["image_id"]):
-        raise LedgerError(
-            "'release.image_id' must be a full image ID such as sha256:<64 hex digits>, got "
-            f"{rel['image_id']!r}; take it from "
-            "`docker image inspect --format '{{.Id}}' IMAGE` (not the tag or a short ID)"
-        )
     if rel["health"] not in HEALTH_CHOICES:
         raise LedgerError(
             f"'release.health' must be one of {', '.join(HEALTH_CHOICES)}, got {rel['health']!r}"
+        )
+    # A healthy release becomes a rollback target, so it must name its image exactly. A failed
+    # one is recorded whatever is known (e.g. 'unknown' when the image could not be inspected).
+    if rel["health"] == "healthy" and not IMAGE_ID_RE.match(rel["image_id"]):
+        raise LedgerError(
+            "'release.image_id' of a healthy release must be the full image ID, sha256:<64 hex "
+            f"digits>, got {rel['image_id']!r}; take it from "
+            "`docker image inspect --format '{{.Id}}' IMAGE` (not the tag or a short ID)"
         )
     images = rel["images"]
     if images is not None:

@@ -167,11 +167,18 @@ def test_new_id_is_previous_max_plus_one(ledger):
     assert out["appended"]["id"] == 8
 
 
+def test_unhealthy_release_accepts_any_image_id(ledger):
+    out = rl.record_release(str(ledger), release(image_id="unknown", health="unhealthy"))
+    assert out["appended"]["image_id"] == "unknown"
+    assert out["appended"]["status"] == "bad"
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"image_id": "1.0.0"}, r"full image ID .*docker image inspect"),
+        ({"image_id": "1.0.0"}, r"healthy release must be the full image ID.*docker image"),
         ({"image_id": "sha256:abc"}, r"full image ID"),
+        ({"image_id": "", "health": "unhealthy"}, r"'release.image_id' is required"),
         ({"health": "ok"}, r"'release.health' must be one of healthy, unhealthy"),
         ({"replicas": -1}, r"non-negative integer"),
         ({"images": {"backend": None}}, r"'release.images.backend'"),

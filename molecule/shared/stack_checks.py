@@ -1,0 +1,53 @@
+"""testinfra checks of a deployed reference stack, shared by the Molecule scenarios.
+
+Each check reads real state on the Docker host (containers, HTTP answers, files) and,
+when it fails, prints the evidence: the compose project's status and recent logs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+PROJECT = "fastapi-monolith"
+PROJECT_DIR = "/srv/fastapi-monolith"
+HTTP = "http://127.0.0.1:8080"
+PROMETHEUS = "http://127.0.0.1:9090"
+
+
+def evidence(host) -> str:
+    ps = host.run(f"docker compose -p {PROJECT} ps -a")
+    logs = host.run(f"docker compose -p {PROJECT} logs --no-color --tail 20")
+    return f"\n--- docker compose ps ---\n{ps.stdout}\n--- logs ---\n{logs.stdout}{logs.stderr}"
+
+
+def containers(host) -> list[dict]:
+    out = host.check_output(f"docker compose -p {PROJECT} ps -a --format json")
+    # compose prints one JSON object per line
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def http_get(host, url: str) -> tuple[int, str]:
+    cmd = host.run(f"curl -sS -m 5 -o /tmp/body -w '%{{http_code}}' {url}")
+    body = host.run("cat /tmp/body").stdout
+    return int(cmd.stdout or 0), body
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def ledger(host) -> list[dict]:
+    text = host.file(f"{PROJECT_DIR}/ledger/releases.jsonl").content_string
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def backend_image_id(host, tag: str) -> str:
+    return host.check_output(
+        f"docker image inspect -f '{{{{.Id}}}}' fastapi-monolith/backend:{tag}"
+    ).strip()
