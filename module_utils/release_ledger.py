@@ -91,9 +91,9 @@ def parse_ledger(data, path="<ledger>"):
         try:
             entry = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise LedgerError(_corrupt(path, number, f"not UTF-8 text ({exc})"))
+            raise LedgerError(_corrupt(path, number, f"not UTF-8 text ({exc})")) from None
         except ValueError as exc:
-            raise LedgerError(_corrupt(path, number, f"not valid JSON ({exc})"))
+            raise LedgerError(_corrupt(path, number, f"not valid JSON ({exc})")) from None
         problem = validate_entry(entry)
         if problem is None and entry["id"] in seen:
             problem = f"duplicate id {entry['id']} (also used on line {seen[entry['id']]})"
@@ -115,14 +115,14 @@ def read_ledger(path):
         raise LedgerError(
             f"release ledger path {path} is a directory; set 'path' to the ledger file inside "
             f"it, e.g. {os.path.join(path, 'releases.jsonl')}"
-        )
+        ) from None
     except PermissionError as exc:
         raise LedgerError(
             f"cannot read release ledger {path}: {exc.strerror}. Run the task as the ledger's "
             "owner (become: true) or fix the file's permissions."
-        )
+        ) from None
     except OSError as exc:
-        raise LedgerError(f"cannot read release ledger {path}: {exc.strerror or exc}.")
+        raise LedgerError(f"cannot read release ledger {path}: {exc.strerror or exc}.") from None
     return parse_ledger(data, path)
 
 
@@ -317,12 +317,12 @@ def ensure_directory(directory):
         raise LedgerError(
             f"{directory} exists but is not a directory; the release ledger's parent must be a "
             "directory. Move that file away or choose another 'path'."
-        )
+        ) from None
     except OSError as exc:
         raise LedgerError(
             f"cannot create the release ledger directory {directory}: {exc.strerror}. Run "
             "the task with become: true or choose a 'path' the user can write."
-        )
+        ) from None
     os.chmod(directory, DIR_MODE)
     return True
 
@@ -338,7 +338,7 @@ def ledger_lock(path, timeout=LOCK_TIMEOUT):
         raise LedgerError(
             f"cannot open the release ledger lock file {lock_path}: {exc.strerror}. Run the "
             "task with become: true or fix the directory's permissions."
-        )
+        ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -350,7 +350,7 @@ def ledger_lock(path, timeout=LOCK_TIMEOUT):
                     raise LedgerError(
                         f"cannot lock {lock_path}: {exc.strerror}. The ledger must be on a "
                         "file system that supports flock (a local disk)."
-                    )
+                    ) from None
             if time.monotonic() >= deadline:
                 raise LedgerError(
                     f"timed out after {timeout:g}s waiting for the lock on {lock_path}: "
@@ -387,7 +387,7 @@ def write_ledger(path, entries):
     except FileNotFoundError:
         old = None
     except OSError as exc:
-        raise LedgerError(f"cannot stat release ledger {target}: {exc.strerror}")
+        raise LedgerError(f"cannot stat release ledger {target}: {exc.strerror}") from None
     data = format_ledger(entries).encode("utf-8")
     tmp_path = None
     try:
@@ -414,7 +414,7 @@ def write_ledger(path, entries):
         raise LedgerError(
             f"cannot write release ledger {target}: {exc.strerror or exc}; {hint}. The "
             "ledger was left unchanged."
-        )
+        ) from None
     finally:
         if tmp_path is not None:
             with contextlib.suppress(OSError):

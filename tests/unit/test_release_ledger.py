@@ -106,8 +106,10 @@ def test_present_optional_fields_are_null_and_unhealthy_is_bad(ledger):
     out = rl.record_release(str(ledger), release(health="unhealthy"))
     appended = out["appended"]
     assert appended["status"] == "bad"
-    assert appended["images"] is None and appended["replicas"] is None
-    assert appended["project"] is None and appended["note"] is None
+    assert appended["images"] is None
+    assert appended["replicas"] is None
+    assert appended["project"] is None
+    assert appended["note"] is None
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", appended["time"])
     assert out["last_good"] is None
 
@@ -174,7 +176,7 @@ def test_unhealthy_release_accepts_any_image_id(ledger):
 
 
 @pytest.mark.parametrize(
-    "bad, message",
+    ("bad", "message"),
     [
         ({"image_id": "1.0.0"}, r"healthy release must be the full image ID.*docker image"),
         ({"image_id": "sha256:abc"}, r"full image ID"),
@@ -241,7 +243,7 @@ def test_plan_mark_rejects_unknown_status():
 
 
 @pytest.mark.parametrize(
-    "entries, last_good, previous_good",
+    ("entries", "last_good", "previous_good"),
     [
         ([], None, None),
         ([entry(1, "a")], 1, None),
@@ -289,7 +291,9 @@ def test_query_missing_ledger_is_empty_and_creates_nothing(ledger):
     out = rl.query_ledger(str(ledger))
     assert out["changed"] is False
     assert out["entries"] == []
-    assert out["current"] is None and out["last_good"] is None and out["previous_good"] is None
+    assert out["current"] is None
+    assert out["last_good"] is None
+    assert out["previous_good"] is None
     assert not ledger.parent.exists()
 
 
@@ -307,7 +311,7 @@ def test_blank_lines_are_ignored(ledger):
 
 
 @pytest.mark.parametrize(
-    "bad_line, problem",
+    ("bad_line", "problem"),
     [
         ('{"id": 2, "tag": "b", "status": "go', "not valid JSON"),
         ("[1, 2]", "expected a JSON object, found a JSON list"),
@@ -393,7 +397,8 @@ def test_check_mode_writes_nothing(ledger):
     rl.record_release(str(ledger), release("1.0.0"))
     content = ledger.read_bytes()
     out = rl.record_release(str(ledger), release("1.1.0", 2), check_mode=True)
-    assert out["changed"] is True and out["appended"]["id"] == 2
+    assert out["changed"] is True
+    assert out["appended"]["id"] == 2
     assert rl.mark_release(str(ledger), "1.0.0", "bad", check_mode=True)["marked"] == [1]
     assert ledger.read_bytes() == content
 
@@ -449,7 +454,7 @@ def test_concurrent_appends_from_several_processes_are_all_recorded(ledger):
 
 
 @pytest.mark.parametrize(
-    "params, message",
+    ("params", "message"),
     [
         ({"state": "present", "release": release(), "tag": "x"}, r"tag cannot be used"),
         ({"state": "mark", "tag": "x", "status": "bad", "release": release()}, "release"),
@@ -581,7 +586,8 @@ def test_module_end_to_end_present_check_mode_mark_query(tmp_path):
 
     status, result = run_module(tmp_path, good, "--check")
     assert status == "CHANGED"
-    assert result["appended"]["tag"] == "1.1.0" and result["appended"]["id"] == 1
+    assert result["appended"]["tag"] == "1.1.0"
+    assert result["appended"]["id"] == 1
     assert not ledger.parent.exists()  # check mode wrote nothing at all
 
     status, result = run_module(tmp_path, good)
@@ -591,12 +597,14 @@ def test_module_end_to_end_present_check_mode_mark_query(tmp_path):
     assert result["appended"]["replicas"] == 2
     assert result["current"] == result["last_good"] == result["appended"]
     assert result["previous_good"] is None
-    assert mode(ledger) == 0o600 and mode(ledger.parent) == 0o700
+    assert mode(ledger) == 0o600
+    assert mode(ledger.parent) == 0o700
     content = ledger.read_bytes()
 
     status, result = run_module(tmp_path, good)
     assert status == "SUCCESS"
-    assert result["changed"] is False and result["appended"] is None
+    assert result["changed"] is False
+    assert result["appended"] is None
     assert ledger.read_bytes() == content
 
     broken = dict(good, release=dict(good["release"], tag="1.2.0", image_id=image_id(12)))
@@ -608,11 +616,13 @@ def test_module_end_to_end_present_check_mode_mark_query(tmp_path):
     assert ledger.read_bytes() == content
 
     status, result = run_module(tmp_path, broken)
-    assert status == "CHANGED" and result["appended"]["id"] == 2
+    assert status == "CHANGED"
+    assert result["appended"]["id"] == 2
 
     mark = {"path": str(ledger), "state": "mark", "tag": "1.2.0", "status": "rolled_back"}
     status, result = run_module(tmp_path, mark, "--diff")
-    assert status == "CHANGED" and result["marked"] == [2]
+    assert status == "CHANGED"
+    assert result["marked"] == [2]
 
     status, result = run_module(tmp_path, {"path": str(ledger), "state": "query"})
     assert status == "SUCCESS"

@@ -54,12 +54,12 @@ def test_items_are_stored_in_postgres(host):
     name = "molecule-item"
     created = host.run(
         f"curl -sS -m 5 -X POST -H 'Content-Type: application/json' "
-        f"-d '{{\"name\": \"{name}\", \"value\": 7}}' {HTTP}/items"
+        f'-d \'{{"name": "{name}", "value": 7}}\' {HTTP}/items'
     )
     item = json.loads(created.stdout)
     rows = host.check_output(
         "docker compose -p fastapi-monolith exec -T db psql -U app -d appdb -tAc "
-        f"\"SELECT name, value FROM items WHERE id = {int(item['id'])}\""
+        f'"SELECT name, value FROM items WHERE id = {int(item["id"])}"'
     )
     assert rows.strip() == f"{name}|7"
 
@@ -71,8 +71,10 @@ def test_prometheus_reports_every_target_up(host):
             return None
         active = json.loads(body)["data"]["activeTargets"]
         jobs = [t["labels"]["job"] for t in active]
-        if jobs.count("backend") == 2 and "prometheus" in jobs and all(
-            t["health"] == "up" for t in active
+        if (
+            jobs.count("backend") == 2
+            and "prometheus" in jobs
+            and all(t["health"] == "up" for t in active)
         ):
             return active
         return None

@@ -22,8 +22,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
 
 import psycopg2
 import psycopg2.extras
@@ -180,15 +180,15 @@ class ItemCreate(BaseModel):
 class ItemUpdate(BaseModel):
     """PUT body: fields left out keep their current value."""
 
-    name: Optional[ItemName] = None
-    value: Optional[ItemValue] = None
+    name: ItemName | None = None
+    value: ItemValue | None = None
 
 
 class Item(BaseModel):
     id: int
     name: str
     value: int
-    created_at: Optional[str] = None
+    created_at: str | None = None
 
 
 def _row(row) -> dict:
@@ -318,7 +318,7 @@ def metrics():
     return Response(content=generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@app.get("/items", response_model=List[Item])
+@app.get("/items", response_model=list[Item])
 def list_items():
     with items_cursor() as cur:
         cur.execute("SELECT id, name, value, created_at FROM items ORDER BY id")
@@ -329,8 +329,7 @@ def list_items():
 def create_item(item: ItemCreate):
     with items_cursor() as cur:
         cur.execute(
-            "INSERT INTO items (name, value) VALUES (%s, %s) "
-            "RETURNING id, name, value, created_at",
+            "INSERT INTO items (name, value) VALUES (%s, %s) RETURNING id, name, value, created_at",
             (item.name, item.value),
         )
         return _row(cur.fetchone())
@@ -340,9 +339,7 @@ def create_item(item: ItemCreate):
 def get_item(item_id: int):
     _check_id(item_id)
     with items_cursor() as cur:
-        cur.execute(
-            "SELECT id, name, value, created_at FROM items WHERE id = %s", (item_id,)
-        )
+        cur.execute("SELECT id, name, value, created_at FROM items WHERE id = %s", (item_id,))
         row = cur.fetchone()
     if row is None:
         raise HTTPException(status_code=404, detail="item not found")

@@ -1,0 +1,132 @@
+"""The deploy playbook against this machine's Docker engine, run the way AWX runs it
+(ansible-runner), on its own compose project and ports so it never touches the demo stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import urllib.error
+import urllib.request
+
+import ansible_runner
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN, run
+
+PROJECT = "opsauto-it-deploy"
+HTTP_PORT = 18080
+PROM_PORT = 19090
+
+
+@pytest.fixture(scope="module")
+def project_dir(tmp_path_factory, docker_ready):
+    path = tmp_path_factory.mktemp("deploy") / PROJECT
+    yield path
+    subprocess.run(
+        ["docker", "compose", "-p", PROJECT, "down", "--volumes", "--remove-orphans", "-t", "2"],
+        capture_output=True,
+        check=False,
+    )
+
+
+def deploy(tmp_path, project_dir, **extravars):
+    """Run playbooks/deploy.yml through ansible-runner; return (runner, failure messages)."""
+    variables = {
+        "stack_project_name": PROJECT,
+        "stack_project_dir": str(project_dir),
+        "stack_http_port": HTTP_PORT,
+        "stack_prometheus_port": PROM_PORT,
+        "stack_db_password": "integration-password-1",
+        "deploy_backend_replicas": 2,
+        "deploy_health_timeout": 60,
+    }
+    variables.update(extravars)
+    env = {
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path),
+        project_dir=str(ROOT),
+        playbook=str(ROOT / "playbooks" / "deploy.yml"),
+        inventory=str(ROOT / "inventories" / "local" / "hosts.yml"),
+        extravars=variables,
+        envvars=env,
+        quiet=True,
+        timeout=600,
+    )
+    failures = [
+        e["event_data"]["res"].get("msg", "")
+        for e in result.events
+        if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
+    ]
+    return result, failures
+
+
+def http(path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def containers() -> dict[str, str]:
+    """Container name -> container ID of the test project."""
+    out = run(["docker", "compose", "-p", PROJECT, "ps", "--format", "{{.Name}} {{.ID}}"]).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def ledger(project_dir) -> list[dict]:
+    path = project_dir / "ledger" / "releases.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_deploy_brings_up_a_healthy_stack(tmp_path, project_dir):
+    result, failures = deploy(tmp_path, project_dir)
+    assert result.rc == 0, failures
+    status, body = http("/health")
+    assert status == 200
+    assert body["database"] == "ok"
+    assert http("/version")[1]["version"] == "1.1.0"
+    assert stat.S_IMODE((project_dir / ".env").stat().st_mode) == 0o600
+    entries = ledger(project_dir)
+    assert [(e["tag"], e["status"]) for e in entries] == [("1.1.0", "good")]
+
+
+def test_second_run_changes_nothing(tmp_path, project_dir):
+    result, failures = deploy(tmp_path, project_dir)
+    assert result.rc == 0, failures
+    assert result.stats["changed"].get("localhost", 0) == 0, result.stats
+    assert len(ledger(project_dir)) == 1
+
+
+def test_missing_tag_is_refused_before_anything_stops(tmp_path, project_dir):
+    before = containers()
+    result, failures = deploy(tmp_path, project_dir, deploy_backend_tag="9.9.9")
+    assert result.rc != 0
+    message = " ".join(failures)
+    assert "fastapi-monolith/backend:9.9.9" in message
+    assert "Nothing running was changed" in message
+    assert "1.1.0" in message  # the tags that do exist are listed
+    assert containers() == before
+    assert http("/health")[0] == 200
+    assert len(ledger(project_dir)) == 1
+
+
+def test_broken_release_fails_is_recorded_bad_and_a_redeploy_recovers(tmp_path, project_dir):
+    result, failures = deploy(tmp_path, project_dir, deploy_backend_tag="1.2.0-broken")
+    assert result.rc != 0
+    message = " ".join(failures)
+    assert "fastapi-monolith/backend:1.2.0-broken failed" in message
+    assert "Last good release: 1.1.0" in message
+    last = ledger(project_dir)[-1]
+    assert (last["tag"], last["status"], last["health"]) == ("1.2.0-broken", "bad", "unhealthy")
+
+    result, failures = deploy(tmp_path, project_dir, deploy_backend_tag="1.0.0")
+    assert result.rc == 0, failures
+    assert http("/health")[0] == 200
+    assert http("/version")[1]["version"] == "1.0.0"
+    assert [e["tag"] for e in ledger(project_dir)] == ["1.1.0", "1.2.0-broken", "1.0.0"]
