@@ -154,7 +154,8 @@ step_base_image() {
   trap "rm -rf '$rootfs'" EXIT
   debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" "$(debian_mirror)" >/dev/null \
     || die "debootstrap failed" "check that the Debian mirror answers: $(debian_mirror)"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/* \
+         "$rootfs"/usr/share/doc/* \
          "$rootfs"/usr/share/man/*
   tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null
   rm -rf "$rootfs"

@@ -53,3 +53,9 @@ def test_collections_pinned_to_what_the_bundle_carries():
     proc = run(["ansible-galaxy", "collection", "install", "-r", "requirements.yml"], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Nothing to do" in proc.stdout, proc.stdout
+
+
+def test_role_readmes_match_argument_specs():
+    """Each role's variables table is generated from meta/argument_specs.yml."""
+    proc = run(["python", "scripts/role_docs.py", "--check"])
+    assert proc.returncode == 0, proc.stderr
