@@ -54,3 +54,31 @@ def docker_ready() -> None:
     assert proc.returncode == 0, (
         "no Docker engine answers: run `bash scripts/bootstrap.sh` first\n" + proc.stderr
     )
+
+
+def run_playbook(private_dir: Path, playbook: str, extravars: dict, timeout: int = 900):
+    """Run playbooks/<playbook> on the local inventory through ansible-runner, as AWX does.
+
+    Returns (runner result, messages of the failed tasks).
+    """
+    import ansible_runner  # imported here: only the integration tests need it
+
+    result = ansible_runner.run(
+        private_data_dir=str(private_dir),
+        project_dir=str(ROOT),
+        playbook=str(ROOT / "playbooks" / playbook),
+        inventory=str(ROOT / "inventories" / "local" / "hosts.yml"),
+        extravars=extravars,
+        envvars={
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        },
+        quiet=True,
+        timeout=timeout,
+    )
+    failures = [
+        e["event_data"]["res"].get("msg", "")
+        for e in result.events
+        if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
+    ]
+    return result, failures

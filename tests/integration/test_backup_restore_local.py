@@ -1,0 +1,168 @@
+"""Backup and restore playbooks against this machine's Docker engine through ansible-runner:
+the faults an operator meets (a backup already running, wrong password, restore without
+confirmation, unknown or corrupted backup), each with a clear error and nothing lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import run, run_playbook
+
+PROJECT = "opsauto-it-backup"
+PASSWORD = "integration-password-2"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, docker_ready):
+    base = tmp_path_factory.mktemp("backup")
+    common = {
+        "stack_project_name": PROJECT,
+        "stack_project_dir": str(base / PROJECT),
+        "stack_http_port": 18180,
+        "stack_prometheus_port": 19190,
+        "stack_db_password": PASSWORD,
+        "deploy_backend_replicas": 1,
+        "deploy_health_timeout": 90,
+        "backup_dir": str(base / "backups"),
+        "restore_backup_dir": str(base / "backups"),
+        "backup_metrics_dir": str(base / "metrics"),
+        "restore_drill_metrics_dir": "",
+    }
+    result, failures = run_playbook(base / "runner", "deploy.yml", common)
+    assert result.rc == 0, failures
+    psql_exec("CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text)")
+    psql_exec("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g")
+    yield base, common
+    subprocess.run(
+        ["docker", "compose", "-p", PROJECT, "down", "--volumes", "--remove-orphans", "-t", "2"],
+        capture_output=True,
+        check=False,
+    )
+
+
+def psql_exec(sql: str, db: str = "appdb") -> str:
+    proc = run(
+        ["docker", "compose", "-p", PROJECT, "exec", "-T", "db"]
+        + ["psql", "-U", "app", "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql]
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def play(stack, tmp_path, playbook: str, **extra):
+    _, common = stack
+    return run_playbook(tmp_path, playbook, {**common, **extra})
+
+
+def sets(stack) -> list[str]:
+    base, _ = stack
+    path = base / "backups"
+    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.exists() else []
+
+
+def test_backup_then_second_run_changes_nothing(stack, tmp_path):
+    result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-1")
+    assert result.rc == 0, failures
+    meta = json.loads((stack[0] / "backups" / "it-1" / "SET.json").read_text())
+    assert meta["verified"] is True
+    result, failures = play(stack, tmp_path / "b", "backup.yml", backup_id="it-1")
+    assert result.rc == 0, failures
+    assert result.stats["changed"].get("localhost", 0) == 0, result.stats
+
+
+def test_backup_refused_while_another_holds_the_lock(stack, tmp_path):
+    lock = stack[0] / "backups" / ".lock"
+    lock.mkdir()
+    try:
+        result, failures = play(stack, tmp_path, "backup.yml", backup_id="it-locked")
+    finally:
+        lock.rmdir()
+    assert result.rc != 0
+    assert "Another backup is running" in " ".join(failures)
+    assert "it-locked" not in sets(stack)
+
+
+def test_wrong_password_fails_clearly_and_leaves_no_set(stack, tmp_path):
+    result, failures = play(
+        stack, tmp_path, "backup.yml", backup_id="it-badpw", stack_db_password="wrong-password-9"
+    )
+    assert result.rc != 0
+    message = " ".join(failures).lower()
+    assert "password" in message, failures
+    assert "it-badpw" not in sets(stack)
+    assert "it-1" in sets(stack)  # earlier backups untouched
+
+
+def test_rds_target_is_refused_with_the_fix(stack, tmp_path):
+    result, failures = play(stack, tmp_path, "backup.yml", backup_target="rds")
+    assert result.rc != 0
+    assert "backup_target=docker" in " ".join(failures)
+
+
+def test_replace_without_confirmation_is_refused(stack, tmp_path):
+    before = psql_exec("SELECT count(*) FROM notes")
+    result, failures = play(stack, tmp_path, "restore.yml", restore_mode="replace")
+    assert result.rc != 0
+    assert "-e restore_confirm=appdb" in " ".join(failures)
+    assert psql_exec("SELECT count(*) FROM notes") == before
+
+
+def test_unknown_backup_id_lists_what_exists(stack, tmp_path):
+    result, failures = play(stack, tmp_path, "restore.yml", restore_backup_id="nope")
+    assert result.rc != 0
+    message = " ".join(failures)
+    assert "No complete, verified backup set 'nope'" in message
+    assert "it-1" in message
+
+
+def test_replace_restores_deleted_rows_and_reruns_unchanged(stack, tmp_path):
+    psql_exec("DELETE FROM notes WHERE id > 100")
+    result, failures = play(
+        stack, tmp_path / "a", "restore.yml",
+        restore_backup_id="it-1", restore_mode="replace", restore_confirm="appdb",
+    )  # fmt: skip
+    assert result.rc == 0, failures
+    assert psql_exec("SELECT count(*) FROM notes") == "500"
+    result, failures = play(
+        stack, tmp_path / "b", "restore.yml",
+        restore_backup_id="it-1", restore_mode="replace", restore_confirm="appdb",
+    )  # fmt: skip
+    assert result.rc == 0, failures
+    assert result.stats["changed"].get("localhost", 0) == 0, result.stats
+
+
+def test_corrupted_backup_is_refused_before_touching_the_database(stack, tmp_path):
+    result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-corrupt")
+    assert result.rc == 0, failures
+    dump = stack[0] / "backups" / "it-corrupt" / "appdb.dump"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    psql_exec("DELETE FROM notes WHERE id > 400")
+    result, failures = play(
+        stack, tmp_path / "b", "restore.yml",
+        restore_backup_id="it-corrupt", restore_mode="replace", restore_confirm="appdb",
+    )  # fmt: skip
+    assert result.rc != 0
+    assert "sha256" in " ".join(failures).lower() or "corrupt" in " ".join(failures).lower()
+    assert psql_exec("SELECT count(*) FROM notes") == "400"  # live database untouched
+
+
+def test_restore_drill_restores_into_a_throwaway_container(stack, tmp_path):
+    result, failures = play(
+        stack, tmp_path, "restore_drill.yml",
+        restore_backup_id="it-1", restore_drill_container="opsauto-it-drill",
+    )  # fmt: skip
+    assert result.rc == 0, failures
+    reports = [
+        e["event_data"]["res"]["msg"]
+        for e in result.events
+        if e.get("event") == "runner_on_ok" and "Restore drill PASSED" in str(e["event_data"])
+    ]
+    assert reports, "no drill report"
+    assert "row counts match the manifest" in reports[0]
+    left = run(["docker", "ps", "-a", "--filter", "name=opsauto-it-drill", "-q"]).stdout
+    assert left.strip() == ""
