@@ -63,6 +63,8 @@ def run_playbook(private_dir: Path, playbook: str, extravars: dict, timeout: int
     """
     import ansible_runner  # imported here: only the integration tests need it
 
+    private_dir.mkdir(parents=True, exist_ok=True)
+
     result = ansible_runner.run(
         private_data_dir=str(private_dir),
         project_dir=str(ROOT),
