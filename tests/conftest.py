@@ -8,9 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ansible.module_utils
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Make the project's module_utils importable as `ansible.module_utils.<name>`, the way
+# ansible.cfg's `module_utils = ./module_utils` does for modules.
+if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 VENV_BIN = Path(sys.executable).parent
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -84,3 +90,40 @@ def run_playbook(private_dir: Path, playbook: str, extravars: dict, timeout: int
         if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
     ]
     return result, failures
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real local S3 endpoint: moto's server on 127.0.0.1, stopped after the session."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto_server did not start within 30 s"
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+AWS_TEST_CREDENTIALS = {"access_key": "testing-key", "secret_key": "testing-secret"}

@@ -1,0 +1,501 @@
+"""Unit tests of module_utils/pg_docker.py (pytest, no Docker needed).
+
+Producers are real subprocesses (``python -c ...``), files are real files under tmp_path,
+failures are the real exception types the modules turn into ``fail_json``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import ansible.module_utils
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_UTILS = ROOT / "module_utils"
+if str(MODULE_UTILS) not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(MODULE_UTILS))
+pgd = importlib.import_module("ansible.module_utils.pg_docker")
+
+PY = sys.executable
+DUMP_TRAILER = "\n--\n-- PostgreSQL database dump complete\n--\n\n"
+
+
+def producer(payload_expr: str, exit_code: int = 0, stderr: str = "") -> list[str]:
+    """argv of a real process writing ``payload_expr`` (a Python bytes expression) to stdout."""
+    code = (
+        "import sys\n"
+        f"data = {payload_expr}\n"
+        "for i in range(0, len(data), 65536):\n"
+        "    sys.stdout.buffer.write(data[i:i + 65536])\n"
+        "sys.stdout.flush()\n"
+        f"sys.stderr.write({stderr!r})\n"
+        f"sys.exit({exit_code})\n"
+    )
+    return [PY, "-c", code]
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_stream_to_file_hashes_what_it_writes(tmp_path):
+    out = tmp_path / "out.bin"
+    out.touch()
+    sha256, size = pgd.stream_to_file(producer("bytes(range(256)) * 20000"), str(out))
+    data = bytes(range(256)) * 20000
+    assert size == len(data) == out.stat().st_size
+    assert sha256 == hashlib.sha256(data).hexdigest() == pgd.sha256_file(str(out))[0]
+
+
+def test_stream_to_file_gzip_compresses_on_the_host(tmp_path):
+    out = tmp_path / "out.sql.gz"
+    out.touch()
+    expr = f"b'INSERT INTO t VALUES (1);\\n' * 100000 + {DUMP_TRAILER.encode()!r}"
+    text = b"INSERT INTO t VALUES (1);\n" * 100000 + DUMP_TRAILER.encode()
+    sha256, size = pgd.stream_to_file(producer(expr), str(out), compression="gzip")
+    raw = out.read_bytes()
+    assert gzip.decompress(raw) == text
+    assert size == len(raw) < len(text) // 10
+    assert sha256 == hashlib.sha256(raw).hexdigest()
+    assert pgd.check_plain_trailer(str(out), "database", "gzip").startswith("trailer")
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd binary not installed")
+def test_stream_to_file_zstd_round_trip(tmp_path):
+    out = tmp_path / "out.sql.zst"
+    out.touch()
+    expr = f"b'SELECT 1;\\n' * 50000 + {DUMP_TRAILER.encode()!r}"
+    text = b"SELECT 1;\n" * 50000 + DUMP_TRAILER.encode()
+    sha256, _ = pgd.stream_to_file(producer(expr), str(out), compression="zstd")
+    back = subprocess.run(["zstd", "-dc", str(out)], capture_output=True, check=True).stdout
+    assert back == text
+    assert sha256 == pgd.sha256_file(str(out))[0]
+    assert pgd.check_plain_trailer(str(out), "database", "zstd")
+
+
+def test_failing_producer_raises_with_its_stderr(tmp_path):
+    out = tmp_path / "out.bin"
+    out.touch()
+    argv = producer("b'x' * 3_000_000", exit_code=1, stderr="pg_dump: error: connection lost")
+    with pytest.raises(pgd.CommandError, match="connection lost") as info:
+        pgd.stream_to_file(argv, str(out))
+    assert info.value.returncode == 1
+
+
+def test_missing_program_is_reported_with_the_fix(tmp_path):
+    out = tmp_path / "out.bin"
+    out.touch()
+    with pytest.raises(pgd.PgDockerError, match="docker_cli"):
+        pgd.stream_to_file([str(tmp_path / "no-such-docker"), "exec"], str(out))
+
+
+def test_produce_file_publishes_atomically_with_modes(tmp_path):
+    final = tmp_path / "db.dump"
+    seen = {}
+
+    def write(partial):
+        seen["partial"] = partial
+        assert Path(partial).name.startswith(".db.dump.partial-")
+        assert Path(partial).parent == tmp_path
+        assert not final.exists()
+        return pgd.stream_to_file(producer("b'PGDMP' + b'0' * 2_500_000"), partial)
+
+    def before_publish(sha256, size, description):
+        seen["before"] = (sha256, size, description)
+        assert not final.exists()
+
+    sha256, size, description = pgd.produce_file(
+        str(final), write, lambda p: "checked", before_publish
+    )
+    assert description == "checked"
+    assert seen["before"] == (sha256, size, "checked")
+    assert final.stat().st_size == size == 2_500_005
+    assert mode(final) == 0o600
+    assert listing(tmp_path) == ["db.dump"]  # no partial file left
+
+
+def test_produce_file_removes_partial_when_producer_fails(tmp_path):
+    final = tmp_path / "db.dump"
+    (tmp_path / "older.dump").write_bytes(b"earlier backup")
+
+    def write(partial):
+        return pgd.stream_to_file(producer("b'y' * 2_000_000", exit_code=1, stderr="boom"), partial)
+
+    with pytest.raises(pgd.CommandError, match="boom"):
+        pgd.produce_file(str(final), write, lambda p: "never")
+    assert listing(tmp_path) == ["older.dump"]
+    assert (tmp_path / "older.dump").read_bytes() == b"earlier backup"
+
+
+def test_produce_file_removes_file_when_verification_fails(tmp_path):
+    final = tmp_path / "db.sql"
+    published = []
+
+    def write(partial):
+        # a plain dump cut short: no completion trailer
+        return pgd.stream_to_file(producer("b'CREATE TABLE t (id int);\\n' * 1000"), partial)
+
+    def verify(partial):
+        return pgd.check_plain_trailer(partial, "database", "none")
+
+    with pytest.raises(pgd.CorruptBackupError, match="truncated"):
+        pgd.produce_file(str(final), write, verify, lambda *a: published.append(a))
+    assert published == []
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """Writes go to /dev/full (ENOSPC on write), as on a full backup file system."""
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if ".partial-" in str(path) and "w" in mode:
+            return real_open("/dev/full", "wb")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    final = tmp_path / "db.dump"
+
+    def write(partial):
+        return pgd.stream_to_file(producer("b'z' * 3_000_000"), partial)
+
+    with pytest.raises(pgd.PgDockerError, match="no space left on the device"):
+        pgd.produce_file(str(final), write, str)
+    assert listing(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_round_trip_is_atomic_and_private(tmp_path):
+    path = tmp_path / "app.manifest.json"
+    data = {
+        "backup_id": "b1",
+        "label": "app",
+        "file": "app.dump",
+        "mode": "database",
+        "format": "custom",
+        "sha256": "0" * 64,
+        "size": 12,
+        "row_counts": {"public.t": 3},
+    }
+    pgd.write_json_atomic(str(path), data)
+    assert pgd.read_manifest(str(path)) == data
+    assert mode(path) == 0o600
+    assert listing(tmp_path) == ["app.manifest.json"]
+
+
+def test_manifest_problems_are_real_errors(tmp_path):
+    with pytest.raises(pgd.PgDockerError, match="manifest_path"):
+        pgd.read_manifest(str(tmp_path / "missing.manifest.json"))
+    bad = tmp_path / "bad.manifest.json"
+    bad.write_text("{not json")
+    with pytest.raises(pgd.CorruptBackupError, match="cannot be read as JSON"):
+        pgd.read_manifest(str(bad))
+    bad.write_text(json.dumps({"backup_id": "b1"}))
+    with pytest.raises(pgd.CorruptBackupError, match="lacks label, file"):
+        pgd.read_manifest(str(bad))
+
+
+def test_build_manifest_carries_plan_and_facts():
+    plan = pgd.backup_plan(
+        {"database": "app", "dest_dir": "/b", "backup_id": "x1", "format": "plain"}
+    )
+    manifest = pgd.build_manifest(plan, sha256="a" * 64, size=5, verified=True)
+    assert manifest["file"] == "app.sql"
+    assert manifest["mode"] == "database"
+    assert manifest["format"] == "plain"
+    assert manifest["sha256"] == "a" * 64
+    assert manifest["verified"] is True
+
+
+# --------------------------------------------------------------------------- trailers
+
+
+@pytest.mark.parametrize(
+    ("mode_name", "trailer"),
+    [
+        ("database", "-- PostgreSQL database dump complete"),
+        ("cluster", "-- PostgreSQL database cluster dump complete"),
+        ("globals", "-- PostgreSQL database cluster dump complete"),
+    ],
+)
+def test_trailer_check_accepts_complete_dumps(tmp_path, mode_name, trailer):
+    path = tmp_path / "d.sql"
+    path.write_text("SET x = 1;\n" * 5000 + f"\n--\n{trailer}\n--\n\n")
+    assert trailer in pgd.check_plain_trailer(str(path), mode_name, "none")
+
+
+def test_trailer_check_accepts_the_unrestrict_line_of_newer_pg_dump(tmp_path):
+    path = tmp_path / "d.sql"
+    path.write_text("SET x = 1;\n" + DUMP_TRAILER + "\\unrestrict AbC123\n\n")
+    assert pgd.check_plain_trailer(str(path), "database", "none")
+
+
+def test_trailer_check_rejects_truncated_and_foreign_files(tmp_path):
+    path = tmp_path / "d.sql"
+    path.write_text("--\n-- PostgreSQL database dump complete\n--\nCREATE TABLE late (id int);\n")
+    with pytest.raises(pgd.CorruptBackupError):
+        pgd.check_plain_trailer(str(path), "database", "none")
+    # a single-database trailer does not complete a cluster dump
+    path.write_text(DUMP_TRAILER)
+    with pytest.raises(pgd.CorruptBackupError):
+        pgd.check_plain_trailer(str(path), "cluster", "none")
+
+
+def test_truncated_gzip_is_corrupt(tmp_path):
+    path = tmp_path / "d.sql.gz"
+    path.write_bytes(gzip.compress(b"SELECT 1;\n" * 10000 + DUMP_TRAILER.encode())[:-20])
+    with pytest.raises(pgd.CorruptBackupError, match="truncated gzip"):
+        pgd.check_plain_trailer(str(path), "database", "gzip")
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(pgd.CorruptBackupError, match="not valid gzip"):
+        pgd.check_plain_trailer(str(path), "database", "gzip")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_backup_ids_and_labels_are_file_name_safe():
+    assert pgd.check_name("20240502T091403_nightly-1.2", "backup_id")
+    for bad in ["", "..", ".hidden", "a/b", "a b", "x;rm", "ü"]:
+        with pytest.raises(pgd.PgDockerError, match="not allowed"):
+            pgd.check_name(bad, "backup_id")
+
+
+def test_sanitize_label():
+    assert pgd.sanitize_label("app") == "app"
+    assert pgd.sanitize_label("my db/ü") == "my_db_"
+    assert pgd.sanitize_label("..x") == "x"
+    assert pgd.sanitize_label("") == "backup"
+
+
+def test_artifact_names_and_their_labels():
+    cases = {
+        ("custom", "none"): "app.dump",
+        ("directory", "none"): "app.dir.tar",
+        ("plain", "none"): "app.sql",
+        ("plain", "gzip"): "app.sql.gz",
+        ("plain", "zstd"): "app.sql.zst",
+    }
+    for (fmt, compression), name in cases.items():
+        assert pgd.artifact_name("app", fmt, compression) == name
+        assert pgd.label_from_artifact(name) == "app"
+    assert pgd.label_from_artifact("app.tar") is None
+    with pytest.raises(pgd.PgDockerError, match="format=plain only"):
+        pgd.artifact_name("app", "custom", "gzip")
+
+
+def test_pg_identifier_keeps_suffix_within_63_bytes():
+    assert pgd.pg_identifier("app", "__pre_b1") == "app__pre_b1"
+    long_name = pgd.pg_identifier("a" * 70, "__restore_0123abcd")
+    assert len(long_name.encode()) == 63
+    assert long_name.endswith("__restore_0123abcd")
+    multibyte = pgd.pg_identifier("ä" * 40, "__pre_2024")
+    assert len(multibyte.encode()) <= 63
+    assert multibyte.endswith("__pre_2024")
+    multibyte.encode("utf-8").decode("utf-8")  # no split character
+    both_long = pgd.pg_identifier("b" * 60, "__pre_" + "x" * 60)
+    assert len(both_long.encode()) <= 63
+    other = pgd.pg_identifier("b" * 60, "__pre_" + "x" * 59 + "y")
+    assert other != both_long  # the hash keeps long ids apart
+
+
+def test_quoting_and_marker():
+    assert pgd.quote_ident('we"ird') == '"we""ird"'
+    assert pgd.quote_literal("it's") == "'it''s'"
+    assert pgd.restore_marker("b1", "ab") == "opsauto-restore backup_id=b1 sha256=ab"
+
+
+def test_compare_rows_reports_every_difference():
+    assert pgd.compare_rows({"public.a": 1}, {"public.a": 1}) == []
+    problems = pgd.compare_rows({"public.a": 1, "public.b": 2}, {"public.a": 0, "public.c": 5})
+    assert problems == [
+        "public.a: expected 1, found 0",
+        "public.b: expected 2, found None",
+        "public.c: expected None, found 5",
+    ]
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_backup_plan_paths_and_defaults():
+    plan = pgd.backup_plan({"database": "app", "dest_dir": "/backups", "backup_id": "n1"})
+    assert plan["format"] == "custom"
+    assert plan["label"] == "app"
+    assert plan["path"] == "/backups/n1/app.dump"
+    assert plan["manifest_path"] == "/backups/n1/app.manifest.json"
+    cluster = pgd.backup_plan(
+        {"mode": "cluster", "dest_dir": "/b", "backup_id": "n1", "compression": "gzip"}
+    )
+    assert (cluster["format"], cluster["name"]) == ("plain", "cluster.sql.gz")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"backup_id": "x"}, "needs the 'database' option"),
+        ({"database": "a", "backup_id": "x", "jobs": 2}, "format=directory only"),
+        ({"database": "a", "backup_id": "x", "compression": "zstd"}, "format=plain only"),
+        ({"mode": "globals", "backup_id": "x", "format": "custom"}, "plain SQL only"),
+        ({"database": "a", "backup_id": "../etc"}, "not allowed"),
+    ],
+)
+def test_backup_plan_rejects_bad_combinations(params, message):
+    with pytest.raises(pgd.PgDockerError, match=message):
+        pgd.backup_plan({"dest_dir": "/b", **params})
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def test_password_goes_through_the_environment_only():
+    pg = pgd.PgContainer("db1", "app", "s3cret!")
+    argv = pg.exec_argv(["pg_dump", *pg.conn_args("app")])
+    assert "s3cret!" not in " ".join(argv)
+    assert argv[:5] == ["docker", "exec", "-e", "PGPASSWORD", "-e"]
+    assert "-t" not in argv
+    assert "-it" not in argv
+    assert pg.env()["PGPASSWORD"] == "s3cret!"
+    assert pg.conn_args("app")[:2] == ["-h", "127.0.0.1"]
+
+
+def test_without_password_the_local_socket_is_used(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "leaked-from-controller")
+    pg = pgd.PgContainer("db1", "postgres", "")
+    assert pg.conn_args()[:2] == ["-h", "/var/run/postgresql"]
+    assert "PGPASSWORD" not in pg.env()
+    assert "PGPASSWORD" not in pg.exec_argv(["psql"], interactive=True)
+    assert pg.exec_argv(["psql"], interactive=True)[:3] == ["docker", "exec", "-i"]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "expected"),
+    [
+        ('FATAL:  database "nope" does not exist', 'database "nope" does not exist in container C'),
+        ('FATAL:  password authentication failed for user "app"', "check login_password"),
+        ("Error response from daemon: Container abc is not running", "docker start C"),
+        ("Error: No such container: C", "check the container option"),
+        ('FATAL:  role "bob" does not exist', "check login_user"),
+        ("pg_dump: error: could not write: No space left on device", "free space"),
+    ],
+)
+def test_errors_name_cause_and_fix(stderr, expected):
+    assert expected in pgd.PgContainer("C", "app").explain(stderr, 1)
+
+
+def test_missing_docker_cli_is_a_clear_error(tmp_path):
+    pg = pgd.PgContainer("C", "app", docker_cli=str(tmp_path / "docker"))
+    with pytest.raises(pgd.PgDockerError, match="not found: install it or set docker_cli"):
+        pg.check_running()
+
+
+# --------------------------------------------------------------------------- existing backups
+
+
+def _plain_backup(tmp_path, content):
+    plan = pgd.backup_plan(
+        {"database": "app", "dest_dir": str(tmp_path), "backup_id": "b1", "format": "plain"}
+    )
+    os.makedirs(plan["directory"])
+    Path(plan["path"]).write_bytes(content)
+    sha256, size = pgd.sha256_file(plan["path"])
+    manifest = pgd.build_manifest(plan, sha256=sha256, size=size, verify_method="trailer")
+    pgd.write_json_atomic(plan["manifest_path"], manifest)
+    return plan, manifest
+
+
+def test_existing_backup_that_verifies_is_reused(tmp_path):
+    plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" + DUMP_TRAILER.encode())
+    assert pgd.check_existing(None, plan) == manifest
+
+
+def test_existing_backup_that_does_not_match_is_left_alone(tmp_path):
+    plan, _ = _plain_backup(tmp_path, b"SELECT 1;\n" + DUMP_TRAILER.encode())
+    data = bytearray(Path(plan["path"]).read_bytes())
+    data[3] ^= 0xFF
+    Path(plan["path"]).write_bytes(bytes(data))
+    with pytest.raises(pgd.CorruptBackupError, match="does not match its manifest"):
+        pgd.check_existing(None, plan)
+    assert Path(plan["path"]).read_bytes() == bytes(data)
+
+
+def test_existing_dump_without_manifest_is_refused(tmp_path):
+    plan = pgd.backup_plan({"database": "app", "dest_dir": str(tmp_path), "backup_id": "b1"})
+    os.makedirs(plan["directory"])
+    Path(plan["path"]).write_bytes(b"something")
+    with pytest.raises(pgd.PgDockerError, match="manifest .* does not"):
+        pgd.check_existing(None, plan)
+
+
+def test_manifest_without_dump_means_dump_again(tmp_path):
+    plan, _ = _plain_backup(tmp_path, b"x" + DUMP_TRAILER.encode())
+    os.unlink(plan["path"])
+    assert pgd.check_existing(None, plan) is None
+
+
+def test_verify_backup_detects_a_flipped_byte(tmp_path):
+    plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" * 100 + DUMP_TRAILER.encode())
+    assert pgd.verify_backup(None, plan["path"], manifest)["sha256"] == manifest["sha256"]
+    data = bytearray(Path(plan["path"]).read_bytes())
+    data[100] ^= 0x01
+    Path(plan["path"]).write_bytes(bytes(data))
+    with pytest.raises(pgd.CorruptBackupError, match="corrupt: sha256 check failed"):
+        pgd.verify_backup(None, plan["path"], manifest)
+
+
+def test_locate_manifest_beside_the_dump():
+    assert pgd.locate_manifest("/b/x/app.dir.tar") == "/b/x/app.manifest.json"
+    assert pgd.locate_manifest("/b/x/app.sql.gz") == "/b/x/app.manifest.json"
+    assert pgd.locate_manifest("/b/x/app.dump", "/elsewhere/m.json") == "/elsewhere/m.json"
+    with pytest.raises(pgd.PgDockerError, match="manifest_path"):
+        pgd.locate_manifest("/b/x/app.bak")
+
+
+# --------------------------------------------------------------------------- files and locks
+
+
+def test_ensure_directory_creates_private_directories(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert pgd.ensure_directory(str(target)) is True
+    assert mode(target) == 0o700
+    assert pgd.ensure_directory(str(target)) is False
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(pgd.PgDockerError, match="not a directory"):
+        pgd.ensure_directory(str(tmp_path / "file"))
+
+
+def test_lock_held_elsewhere_times_out_clearly(tmp_path):
+    lock = tmp_path / ".app.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with (
+            pytest.raises(pgd.PgDockerError, match="another pg_backup run holds"),
+            pgd.file_lock(str(lock), timeout=0.5),
+        ):
+            pass
+    finally:
+        os.close(fd)
+    with pgd.file_lock(str(lock), timeout=0.5) as held:
+        assert held == str(lock)
