@@ -4,12 +4,15 @@ confirmation, unknown or corrupted backup), each with a clear error and nothing 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 
+import boto3
 import pytest
 
-from tests.conftest import run, run_playbook
+from tests.conftest import AWS_TEST_CREDENTIALS, free_port, run, run_playbook
 
 PROJECT = "opsauto-it-backup"
 PASSWORD = "integration-password-2"
@@ -26,8 +29,7 @@ def stack(tmp_path_factory, docker_ready):
         "stack_db_password": PASSWORD,
         "deploy_backend_replicas": 1,
         "deploy_health_timeout": 90,
-        "backup_dir": str(base / "backups"),
-        "restore_backup_dir": str(base / "backups"),
+        "stack_backup_dir": str(base / "backups"),
         "backup_metrics_dir": str(base / "metrics"),
         "restore_drill_metrics_dir": "",
     }
@@ -166,3 +168,55 @@ def test_restore_drill_restores_into_a_throwaway_container(stack, tmp_path):
     assert "row counts match the manifest" in reports[0]
     left = run(["docker", "ps", "-a", "--filter", "name=opsauto-it-drill", "-q"]).stdout
     assert left.strip() == ""
+
+
+def s3_vars(endpoint: str, bucket: str) -> dict:
+    return {
+        "stack_backup_s3_bucket": bucket,
+        "stack_backup_s3_endpoint_url": endpoint,
+        "stack_backup_s3_access_key": AWS_TEST_CREDENTIALS["access_key"],
+        "stack_backup_s3_secret_key": AWS_TEST_CREDENTIALS["secret_key"],
+    }
+
+
+def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint):
+    extra = s3_vars(moto_endpoint, "opsauto-it-offsite")
+    result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-s3", **extra)
+    assert result.rc == 0, failures
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
+        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
+    )
+    bucket = "opsauto-it-offsite"
+    assert client.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rules[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    local = stack[0] / "backups" / "it-s3" / "appdb.dump"
+    head = client.head_object(Bucket=bucket, Key=f"{PROJECT}/it-s3/appdb.dump")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert head["ServerSideEncryption"] == "AES256"
+
+    shutil.rmtree(stack[0] / "backups" / "it-s3")  # the host lost its local copy
+    psql_exec("DELETE FROM notes WHERE id > 50")
+    result, failures = play(
+        stack, tmp_path / "b", "restore.yml", restore_source="s3", restore_backup_id="it-s3",
+        restore_mode="replace", restore_confirm="appdb", **extra,
+    )  # fmt: skip
+    assert result.rc == 0, failures
+    assert psql_exec("SELECT count(*) FROM notes") == "500"
+
+
+def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
+    extra = s3_vars(f"http://127.0.0.1:{free_port()}", "opsauto-it-down")
+    result, failures = play(stack, tmp_path, "backup.yml", backup_id="it-s3down", **extra)
+    assert result.rc != 0
+    message = " ".join(failures)
+    assert "is complete and verified" in message
+    assert "was kept" in message
+    meta = json.loads((stack[0] / "backups" / "it-s3down" / "SET.json").read_text())
+    assert meta["verified"] is True
+    flag = (stack[0] / "metrics" / "opsauto_backup_offsite.prom").read_text()
+    assert 'opsauto_backup_offsite_success{project="opsauto-it-backup"} 0' in flag

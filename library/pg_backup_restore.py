@@ -1,0 +1,246 @@
+#!/usr/bin/python
+"""Ansible module: restore a pg_backup dump into a database of a PostgreSQL container."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pg_backup_restore
+short_description: Restore a pg_backup dump into a database of a PostgreSQL container
+description:
+  - Restores a single-database dump written by M(pg_backup) into a database of a PostgreSQL
+    server running in a container on the managed host, using C(docker exec) (no TTY).
+  - Before any database is touched, the backup is checked read-only. The file must exist, its
+    sha256 and size must match the manifest, and it must be readable (C(pg_restore --list) for
+    custom and directory dumps, the completion trailer for plain dumps). A failed check fails the
+    task with a message saying the backup is corrupt and which check failed.
+  - Idempotent. A database restored by this module carries the COMMENT
+    C(opsauto-restore backup_id=<id> sha256=<sha256>). When the target database already carries
+    the marker of this backup, nothing is done and C(changed=false).
+  - O(mode=new) creates the target database (from C(template0), with the encoding and locale the
+    manifest recorded), restores into it and checks the row counts. If any step fails, the new
+    database is dropped again.
+  - O(mode=replace) restores into a temporary database C({database}__restore_{sha256[:8]}) and
+    checks the row counts there. Only then does it block new connections to the live database
+    (C(ALLOW_CONNECTIONS false)), terminate its sessions and, in one transaction, rename the live
+    database to C({database}__pre_{backup_id}) and the temporary one to the target name; the old
+    database gets its connection permission back. If anything fails before the swap, the
+    temporary database is dropped and the live database is untouched; it is never half restored.
+    Without a live database, O(mode=replace) behaves like O(mode=new).
+  - Custom dumps are restored with C(pg_restore --exit-on-error), read from stdin, or from a copy
+    in a container temporary directory when O(jobs) > 1. Directory dumps are unpacked into a
+    container temporary directory and restored with C(pg_restore -j). Plain dumps are streamed
+    (decompressed on the host) into C(psql -v ON_ERROR_STOP=1). Container temporary directories
+    are removed in every case.
+  - Row counts are compared exactly with the manifest (every ordinary table, C(schema.table)).
+author:
+  - Operations automation team
+options:
+  container:
+    description: Name or ID of the running PostgreSQL container on the managed host.
+    type: str
+    required: true
+  docker_cli:
+    description: The docker CLI to run, a name looked up in PATH or a full path.
+    type: path
+    default: docker
+  login_user:
+    description:
+      - PostgreSQL role to connect as. It must be able to create, rename and drop databases and
+        terminate sessions (a superuser, or the owner of the databases with CREATEDB).
+    type: str
+    required: true
+  login_password:
+    description:
+      - Password of O(login_user), passed to the clients only through C(PGPASSWORD) in the
+        environment. When set, the clients connect over TCP to C(127.0.0.1) in the container;
+        when empty, through the local socket C(/var/run/postgresql).
+    type: str
+  path:
+    description: The dump file on the managed host, as written by M(pg_backup).
+    type: path
+    required: true
+  manifest_path:
+    description: The manifest of O(path). Defaults to C({label}.manifest.json) beside O(path).
+    type: path
+  database:
+    description: Name of the database to restore into.
+    type: str
+    required: true
+  mode:
+    description:
+      - V(new) creates O(database) and fails when it already exists (unless it already holds
+        this backup).
+      - V(replace) swaps a freshly restored and verified copy in place of O(database).
+    type: str
+    choices: [new, replace]
+    default: new
+  jobs:
+    description: Parallel C(pg_restore) jobs for custom and directory dumps.
+    type: int
+    default: 1
+  owner:
+    description:
+      - Owner of the created database. Defaults to the owner of the replaced database with
+        O(mode=replace), else to O(login_user).
+    type: str
+  no_owner:
+    description:
+      - Restore objects owned by O(login_user) (C(pg_restore --no-owner)) instead of by the roles
+        that owned them when dumped. Needed when those roles do not exist on the target server.
+        Has no effect on plain dumps (they carry C(ALTER ... OWNER) statements).
+    type: bool
+    default: false
+  keep_previous:
+    description:
+      - With O(mode=replace), keep the replaced database renamed as C({database}__pre_{backup_id})
+        (cut to PostgreSQL's 63-byte name limit) instead of dropping it.
+    type: bool
+    default: true
+  verify_rows:
+    description: Compare the restored row counts with the manifest and fail (rolling back) when
+      they differ.
+    type: bool
+    default: true
+  maintenance_db:
+    description: Database to connect to for C(CREATE), C(ALTER) and C(DROP DATABASE).
+    type: str
+    default: postgres
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying
+      target.
+    support: full
+    details:
+      - Verifies the backup (sha256 and readability, read-only), checks the target database and
+        reports what would be done; no database is created, changed or dropped.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in
+      check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+notes:
+  - Only O(mode=database) dumps of M(pg_backup) are restored. Dumps of V(cluster) and V(globals)
+    (pg_dumpall output) are refused with a clear error; restore them as a superuser with
+    C(psql -f) after reviewing them.
+  - Database-level settings that C(pg_dump) writes only with C(--create) (database GRANTs,
+    C(ALTER DATABASE ... SET)) are not restored. The restored database's COMMENT is the marker.
+  - Applications must reconnect after a replace; sessions to the old database are terminated.
+  - A previous database from an earlier replace with the same backup id makes O(mode=replace)
+    fail before anything is changed; drop or rename it first.
+seealso:
+  - module: pg_backup
+"""
+
+EXAMPLES = r"""
+- name: Restore last night's backup into a new database for inspection
+  pg_backup_restore:
+    container: fastapi-monolith-db-1
+    login_user: postgres
+    path: /var/backups/postgres/nightly-2024-05-02/app.dump
+    database: app_inspect
+
+- name: Replace the live database with a verified restore, keeping the old one
+  pg_backup_restore:
+    container: fastapi-monolith-db-1
+    login_user: postgres
+    login_password: "{{ vault_db_password }}"
+    path: /var/backups/postgres/nightly-2024-05-02/app.dir.tar
+    database: app
+    mode: replace
+    jobs: 2
+  register: restore
+
+- name: Show what a restore would do
+  pg_backup_restore:
+    container: fastapi-monolith-db-1
+    login_user: postgres
+    path: /var/backups/postgres/nightly-2024-05-02/app.sql.gz
+    database: app
+    mode: replace
+  check_mode: true
+"""
+
+RETURN = r"""
+database:
+  description: The target database.
+  returned: always
+  type: str
+  sample: app
+backup_id:
+  description: The backup id from the manifest.
+  returned: always
+  type: str
+  sample: nightly-2024-05-02
+restored_rows:
+  description:
+    - Exact row counts of the restored database, C(schema.table) to rows. Empty in check mode
+      and when O(verify_rows=false).
+  returned: always
+  type: dict
+  sample: {public.items: 120, public.users: 12}
+previous_database:
+  description:
+    - With O(mode=replace), the name the replaced database was kept under (the name it would get
+      in check mode); V(null) otherwise and when O(keep_previous=false).
+  returned: always
+  type: str
+  sample: app__pre_nightly-2024-05-02
+duration_seconds:
+  description: Time the run took.
+  returned: always
+  type: float
+verification:
+  description:
+    - C(backup), the checks of the file (C(sha256), C(readable)); C(rows), the row count check
+      result (V(null) when not run).
+  returned: always
+  type: dict
+  sample:
+    backup:
+      sha256: 9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d
+      readable: pg_restore --list (custom archive read from stdin in the container)
+    rows: exact match with the manifest's row counts
+msg:
+  description: What was done, or would be done in check mode.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pg_docker import PgDockerError, run_restore
+
+ARGUMENT_SPEC = {
+    "container": {"type": "str", "required": True},
+    "docker_cli": {"type": "path", "default": "docker"},
+    "login_user": {"type": "str", "required": True},
+    "login_password": {"type": "str", "no_log": True},
+    "path": {"type": "path", "required": True},
+    "manifest_path": {"type": "path"},
+    "database": {"type": "str", "required": True},
+    "mode": {"type": "str", "choices": ["new", "replace"], "default": "new"},
+    "jobs": {"type": "int", "default": 1},
+    "owner": {"type": "str"},
+    "no_owner": {"type": "bool", "default": False},
+    "keep_previous": {"type": "bool", "default": True},
+    "verify_rows": {"type": "bool", "default": True},
+    "maintenance_db": {"type": "str", "default": "postgres"},
+}
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if module.params["jobs"] < 1:
+        module.fail_json(msg=f"jobs must be 1 or more, got {module.params['jobs']}")
+    try:
+        result = run_restore(module.params, check_mode=module.check_mode)
+    except PgDockerError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""Benchmark the pg_backup / pg_backup_restore modules against the plain commands.
+
+Starts its own PostgreSQL container (``opsauto-bench-db``, nothing published) from
+``fastapi-monolith/postgres:15``, fills a database with ``pgbench -i -s SCALE``
+(scale 70 is about 1 GB), then times each case REPEAT times and reports the median:
+
+  a. ``docker exec -i db pg_dump -Fc ... > file``  vs  pg_backup (custom format)
+  b. ``docker exec -i db pg_dumpall ... > file``   vs  pg_backup mode=cluster
+  c. pg_backup format=directory jobs=1 and jobs=2 (compared with the plain pg_dump -Fc)
+  d. ``docker exec -i db pg_restore -d newdb < file`` (after createdb)  vs
+     pg_backup_restore mode=replace (sha256 + pg_restore --list + restore + exact row
+     count check + swap)
+  e. peak RSS of the Python process that runs the module (VmHWM polled from /proc),
+     at scale 1 and at SCALE
+
+Module times are wall times of the whole ``ansible localhost -m ...`` command, so they
+include Ansible's start-up (measured separately with the ping module and printed).
+Prints a Markdown table on stdout; progress goes to stderr.  The container and the work
+directory are removed at the end.
+
+Usage: .venv/bin/python scripts/bench_backup.py [--scale 70] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CONTAINER = "opsauto-bench-db"
+IMAGE = "fastapi-monolith/postgres:15"
+SOCKET = ["-h", "/var/run/postgresql", "-U", "postgres"]
+READY_TIMEOUT = 120
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def docker(*args: str, timeout: float = 3600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, timeout=timeout, check=False, **kwargs
+    )
+
+
+def must(proc: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else ""
+        raise SystemExit(f"{what} failed (exit {proc.returncode}): {err[-2000:]}")
+    return proc
+
+
+def psql(database: str, sql: str) -> str:
+    proc = must(
+        docker("exec", "-i", CONTAINER, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               *SOCKET, "-d", database, input=sql.encode()),
+        f"psql {sql[:60]!r}",
+    )  # fmt: skip
+    return proc.stdout.decode().strip()
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class PeakRss:
+    """Poll /proc for the peak RSS (VmHWM) of the module's Python process under ``pid``.
+
+    The module runs as a fresh interpreter (AnsiballZ) started by the Ansible worker; it is
+    recognised as a descendant Python process whose command line does not name the
+    ``ansible`` script.  The largest VmHWM seen, in MiB, is kept.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak_kib / 1024, 1)
+
+    def _children(self) -> dict[int, list[int]]:
+        tree: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+        return tree
+
+    def _descendants(self) -> list[int]:
+        tree = self._children()
+        found, todo = [], [self.pid]
+        for _ in range(10000):  # bounded walk
+            if not todo:
+                break
+            pid = todo.pop()
+            for child in tree.get(pid, []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+    def _sample(self) -> None:
+        for pid in self._descendants():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"python" not in os.path.basename(cmdline[0]):
+                    continue
+                if any(b"ansible" in os.path.basename(arg) for arg in cmdline[1:3]):
+                    continue  # the ansible CLI and its forked workers
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except (OSError, ValueError, IndexError):
+                continue
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 6 * 3600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._sample()
+            time.sleep(self.interval)
+
+
+def timed(argv: list[str], stdin=None, stdout=None, env=None, cwd=None) -> tuple[float, str]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        argv, stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, cwd=cwd, check=False, timeout=6 * 3600,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    out = proc.stdout.decode(errors="replace") if stdout is None else ""
+    return elapsed, out
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+    )
+    return env
+
+
+def run_module(name: str, args: dict) -> tuple[float, float, dict]:
+    """(wall seconds, module peak RSS MiB, result) of one ansible ad-hoc module run."""
+    argv = [str(VENV_BIN / "ansible"), "localhost", "-m", name,
+            "-e", f"ansible_python_interpreter={sys.executable}"]  # fmt: skip
+    if args:
+        argv += ["-a", json.dumps(args)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    with PeakRss(proc.pid) as rss:
+        out, err = proc.communicate(timeout=6 * 3600)
+    elapsed = time.monotonic() - started
+    text = out.decode(errors="replace")
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[text.index("{") :])
+        result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise SystemExit(f"no result from {name}: {text[-2000:]} {err.decode()[-2000:]}") from None
+    if result.get("failed"):
+        raise SystemExit(f"{name} failed: {result.get('msg')}")
+    return elapsed, rss.peak_mib, result
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def start_container() -> None:
+    if docker("container", "inspect", CONTAINER).returncode == 0:
+        raise SystemExit(
+            f"container {CONTAINER} already exists: another benchmark may be running; remove it "
+            f"with `docker rm -f -v {CONTAINER}` if it is a leftover of yours"
+        )
+    must(
+        docker("run", "-d", "--name", CONTAINER, "--shm-size", "256m",
+               "-e", "POSTGRES_USER=postgres", "-e", "POSTGRES_PASSWORD=bench", IMAGE),
+        "docker run",
+    )  # fmt: skip
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if (
+            docker("exec", CONTAINER, "pg_isready", "-q", "-h", "127.0.0.1", timeout=10).returncode
+            == 0
+        ):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{CONTAINER} did not become ready within {READY_TIMEOUT}s")
+
+
+def pgbench_init(database: str, scale: int) -> float:
+    psql("postgres", f"CREATE DATABASE {database};")
+    started = time.monotonic()
+    must(
+        docker("exec", CONTAINER, "pgbench", "-i", "-q", "-s", str(scale), *SOCKET, database),
+        "pgbench -i",
+    )
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def bench(args: argparse.Namespace, work: Path) -> list[str]:
+    repeat = args.repeat
+    rows: list[tuple[str, float | None, float, float | None, str]] = []
+    common = {"container": CONTAINER, "login_user": "postgres"}
+
+    log("measuring Ansible start-up (ping module)")
+    ping = median([run_module("ansible.builtin.ping", {})[0] for _ in range(repeat)])
+
+    # a. custom format
+    plain_fc, module_fc, rss_fc = [], [], []
+    last_dump = None
+    for n in range(repeat):
+        out = work / f"plain-{n}.dump"
+        with out.open("wb") as handle:
+            seconds, _ = timed(
+                ["docker", "exec", "-i", CONTAINER, "pg_dump", "-Fc", *SOCKET, "bench"],
+                stdout=handle,
+            )
+        plain_fc.append(seconds)
+        out.unlink()
+        log(f"a. plain pg_dump -Fc run {n + 1}: {seconds:.1f}s")
+        seconds, rss, result = run_module(
+            "pg_backup",
+            {**common, "database": "bench", "dest_dir": str(work / "b"), "backup_id": f"fc{n}"},
+        )
+        module_fc.append(seconds)
+        rss_fc.append(rss)
+        last_dump = result["path"]
+        log(f"a. pg_backup custom run {n + 1}: {seconds:.1f}s, module RSS {rss} MiB")
+        if n < repeat - 1:
+            shutil.rmtree(work / "b" / f"fc{n}")
+    size_mib = round(Path(last_dump).stat().st_size / 2**20, 1)
+    rows.append(("pg_dump -Fc vs pg_backup (custom)", median(plain_fc), median(module_fc),
+                 max(rss_fc), f"dump {size_mib} MiB"))  # fmt: skip
+
+    # b. cluster
+    plain_all, module_all, rss_all = [], [], []
+    for n in range(repeat):
+        out = work / f"plain-{n}.sql"
+        with out.open("wb") as handle:
+            seconds, _ = timed(
+                ["docker", "exec", "-i", CONTAINER, "pg_dumpall", *SOCKET], stdout=handle
+            )
+        plain_all.append(seconds)
+        out.unlink()
+        log(f"b. plain pg_dumpall run {n + 1}: {seconds:.1f}s")
+        seconds, rss, _ = run_module(
+            "pg_backup",
+            {**common, "mode": "cluster", "dest_dir": str(work / "c"), "backup_id": f"c{n}"},
+        )
+        module_all.append(seconds)
+        rss_all.append(rss)
+        shutil.rmtree(work / "c" / f"c{n}")
+        log(f"b. pg_backup cluster run {n + 1}: {seconds:.1f}s, module RSS {rss} MiB")
+    rows.append(("pg_dumpall vs pg_backup mode=cluster", median(plain_all), median(module_all),
+                 max(rss_all), "plain SQL, uncompressed"))  # fmt: skip
+
+    # c. directory format
+    for jobs in (1, 2):
+        times, rsss = [], []
+        for n in range(repeat):
+            seconds, rss, _ = run_module(
+                "pg_backup",
+                {**common, "database": "bench", "format": "directory", "jobs": jobs,
+                 "dest_dir": str(work / "d"), "backup_id": f"d{jobs}-{n}"},
+            )  # fmt: skip
+            times.append(seconds)
+            rsss.append(rss)
+            shutil.rmtree(work / "d" / f"d{jobs}-{n}")
+            log(f"c. pg_backup directory -j {jobs} run {n + 1}: {seconds:.1f}s")
+        rows.append((f"pg_backup format=directory jobs={jobs} (vs plain pg_dump -Fc)",
+                     median(plain_fc), median(times), max(rsss), ""))  # fmt: skip
+
+    # d. restore
+    plain_rs, module_rs, rss_rs = [], [], []
+    for n in range(repeat):
+        psql("postgres", "DROP DATABASE IF EXISTS bench_plain WITH (FORCE);")
+        started = time.monotonic()
+        psql("postgres", "CREATE DATABASE bench_plain;")
+        with open(last_dump, "rb") as handle:
+            timed(["docker", "exec", "-i", CONTAINER, "pg_restore", *SOCKET, "-d", "bench_plain"],
+                  stdin=handle)  # fmt: skip
+        plain_rs.append(time.monotonic() - started)
+        log(f"d. plain pg_restore run {n + 1}: {plain_rs[-1]:.1f}s")
+        psql("postgres", "DROP DATABASE IF EXISTS bench_plain WITH (FORCE);")
+        # a live database to replace, without the marker of this backup
+        psql(
+            "postgres",
+            "CREATE DATABASE bench_live;" if n == 0 else "COMMENT ON DATABASE bench_live IS NULL;",
+        )
+        seconds, rss, result = run_module(
+            "pg_backup_restore",
+            {**common, "path": last_dump, "database": "bench_live", "mode": "replace",
+             "keep_previous": False},
+        )  # fmt: skip
+        module_rs.append(seconds)
+        rss_rs.append(rss)
+        log(f"d. pg_backup_restore replace run {n + 1}: {seconds:.1f}s, RSS {rss} MiB "
+            f"({result['verification']['rows']})")  # fmt: skip
+    rows.append(("pg_restore (new db) vs pg_backup_restore mode=replace + verify",
+                 median(plain_rs), median(module_rs), max(rss_rs),
+                 "module: sha256, pg_restore --list, row counts, swap"))  # fmt: skip
+
+    # e. memory at scale 1
+    pgbench_init("bench1", 1)
+    rss_small = []
+    for n in range(repeat):
+        _, rss, result = run_module(
+            "pg_backup",
+            {**common, "database": "bench1", "dest_dir": str(work / "s"), "backup_id": f"s{n}"},
+        )
+        rss_small.append(rss)
+    small_mib = round(result["size"] / 2**20, 1)
+    rows.append((f"pg_backup peak RSS at scale 1 (dump {small_mib} MiB)", None, None,
+                 max(rss_small), ""))  # fmt: skip
+    rows.append((f"pg_backup peak RSS at scale {args.scale} (dump {size_mib} MiB)", None, None,
+                 max(rss_fc), ""))  # fmt: skip
+
+    lines = [
+        "| case | plain command (s) | module (s) | ratio | module peak RSS (MiB) | note |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, plain, module, rss, note in rows:
+        ratio = f"{module / plain:.2f}" if plain and module else ""
+        lines.append(
+            f"| {name} | {plain if plain is not None else ''} | "
+            f"{module if module is not None else ''} | {ratio} | {rss} | {note} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Medians of {repeat} runs. Module times are whole `ansible localhost -m ...` runs; "
+        f"Ansible start-up alone (ping module) takes {ping} s."
+    )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is ~1 GB)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median)")
+    parser.add_argument("--workdir", default=None, help="where dumps go (default: a temp dir)")
+    args = parser.parse_args()
+    if shutil.which("docker") is None:
+        raise SystemExit("the docker CLI is needed")
+    work = Path(tempfile.mkdtemp(prefix="opsauto-bench-", dir=args.workdir))
+    os.chmod(work, 0o700)
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    try:
+        log(f"starting {CONTAINER}")
+        start_container()
+        log(f"pgbench -i -s {args.scale}")
+        init = pgbench_init("bench", args.scale)
+        db_size = psql("postgres", "SELECT pg_size_pretty(pg_database_size('bench'));")
+        log(f"database bench: {db_size} (pgbench -i took {init:.0f}s)")
+        lines = bench(args, work)
+    finally:
+        docker("rm", "-f", "-v", CONTAINER, timeout=300)
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    header = [
+        f"pgbench scale {args.scale}: database {db_size}; {os.cpu_count()} CPUs; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"total {time.monotonic() - started:.0f}s",
+        "",
+    ]
+    print("\n".join(header + lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""pg_backup and pg_backup_restore against a real PostgreSQL container, through real Ansible.
+
+A module-scoped fixture starts ``opsauto-pgtest-db`` from the project's postgres image
+(nothing published), waits for it, creates the ``shop`` database with known rows, and
+removes the container with its volume at the end.  Every test runs the modules with the
+``ansible`` ad-hoc command (json callback) from the repository root and asserts on real
+state: files and their modes, hashes, rows in the databases.
+
+The last test kills the container during a dump, so it must stay last in this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, tool_env
+
+CONTAINER = "opsauto-pgtest-db"
+IMAGE = "fastapi-monolith/postgres:15"
+PASSWORD = "it-secret-pw"
+SOCKET = ["-h", "/var/run/postgresql", "-U", "postgres"]
+
+SHOP_SQL = """
+CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(8,2));
+INSERT INTO items SELECT g, 'item ' || g, g * 1.25 FROM generate_series(1, 120) g;
+CREATE SCHEMA sales;
+CREATE TABLE sales.orders (id serial PRIMARY KEY, item int REFERENCES items(id), qty int);
+INSERT INTO sales.orders (item, qty) SELECT (g % 120) + 1, g FROM generate_series(1, 345) g;
+CREATE TABLE empty_table (id int);
+"""
+SHOP_ROWS = {"public.items": 120, "sales.orders": 345, "public.empty_table": 0}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def docker(*args: str, stdin=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args], stdin=stdin, capture_output=True, timeout=timeout, check=False
+    )
+
+
+def psql(database: str, sql: str, timeout: float = 300) -> str:
+    proc = subprocess.run(
+        ["docker", "exec", "-i", CONTAINER, "psql", "-X", "-q", "-A", "-t", "-v",
+         "ON_ERROR_STOP=1", *SOCKET, "-d", database],
+        input=sql.encode(),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode().strip()
+
+
+def table_rows(database: str, table: str) -> str:
+    """Every row of a table, in primary-key order, as COPY text."""
+    return psql(database, f"COPY (SELECT * FROM {table} ORDER BY 1) TO STDOUT;")
+
+
+def databases() -> set[str]:
+    return set(psql("postgres", "SELECT datname FROM pg_database;").splitlines())
+
+
+def ansible_module(name: str, args: dict, check: bool = False, timeout: float = 300) -> dict:
+    """Run one module on localhost through the ansible CLI; return its result dict."""
+    proc = subprocess.run(
+        ansible_argv(name, args, check), cwd=ROOT, env=ansible_env(), capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return parse_result(proc.stdout, proc.stderr)
+
+
+def ansible_argv(name: str, args: dict, check: bool = False) -> list[str]:
+    argv = [str(Path(sys.executable).parent / "ansible"), "localhost", "-m", name]
+    argv += ["-a", json.dumps(args), "-e", f"ansible_python_interpreter={sys.executable}"]
+    return argv + (["--check"] if check else [])
+
+
+def ansible_env() -> dict[str, str]:
+    return tool_env(
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"
+    )
+
+
+def parse_result(stdout: str, stderr: str) -> dict:
+    try:
+        # the json callback's document, followed by the profile_tasks recap
+        data, _ = json.JSONDecoder().raw_decode(stdout[stdout.index("{") :])
+        return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        pytest.fail(f"no module result in ansible output:\n{stdout}\n{stderr}")
+
+
+def backup(dest: Path, backup_id: str, check: bool = False, **options) -> dict:
+    args = {
+        "container": CONTAINER,
+        "login_user": "postgres",
+        "database": "shop",
+        "dest_dir": str(dest),
+        "backup_id": backup_id,
+    }
+    args.update(options)
+    return ansible_module("pg_backup", args, check=check)
+
+
+def restore(path: str, database: str, check: bool = False, **options) -> dict:
+    args = {"container": CONTAINER, "login_user": "postgres", "path": path, "database": database}
+    args.update(options)
+    return ansible_module("pg_backup_restore", args, check=check)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def visible_files(directory: Path) -> list[str]:
+    """Files in a backup directory other than the (empty) lock files."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
+
+
+def assert_ok(result: dict, changed: bool | None = None) -> None:
+    assert not result.get("failed"), result.get("msg", result)
+    if changed is not None:
+        assert result["changed"] is changed, result
+
+
+def assert_failed(result: dict, *phrases: str) -> None:
+    assert result.get("failed"), result
+    for phrase in phrases:
+        assert phrase in result["msg"], result["msg"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pg(docker_ready):
+    """A fresh PostgreSQL container with the ``shop`` database; removed with its volume."""
+    if docker("image", "inspect", IMAGE).returncode != 0:
+        pytest.fail(f"image {IMAGE} missing: run `bash scripts/bootstrap.sh` first")
+    if docker("container", "inspect", CONTAINER).returncode == 0:
+        pytest.fail(
+            f"container {CONTAINER} already exists (an interrupted run?): remove it with "
+            f"`docker rm -f -v {CONTAINER}` after checking nobody else uses it"
+        )
+    started = docker(
+        "run", "-d", "--name", CONTAINER, "--label", "opsauto.test=pg_modules",
+        "-e", "POSTGRES_USER=postgres", "-e", f"POSTGRES_PASSWORD={PASSWORD}", IMAGE,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr.decode()
+    try:
+        deadline = time.monotonic() + 90
+        for _ in range(180):
+            # TCP only answers once the entrypoint's init phase is over
+            ready = docker("exec", CONTAINER, "pg_isready", "-h", "127.0.0.1", "-q", timeout=10)
+            if ready.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert ready.returncode == 0, docker("logs", CONTAINER).stderr.decode()[-3000:]
+        psql("postgres", "CREATE DATABASE shop;")
+        psql("shop", SHOP_SQL)
+        yield CONTAINER
+    finally:
+        logs = docker("logs", "--tail", "30", CONTAINER)
+        print(logs.stdout.decode(), logs.stderr.decode())
+        docker("rm", "-f", "-v", CONTAINER, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def big_db(pg):
+    """A ~200 MB database whose dump takes seconds (for kill and disk-full tests)."""
+    psql("postgres", "CREATE DATABASE big;")
+    psql(
+        "big",
+        "CREATE TABLE blob AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) || "
+        "md5((g * 13)::text) AS pad FROM generate_series(1, 1500000) g;",
+    )
+    return "big"
+
+
+@pytest.fixture(scope="module")
+def shop_backup(pg, tmp_path_factory):
+    """The custom-format backup of ``shop`` (taken once, used by several tests)."""
+    dest = tmp_path_factory.mktemp("backups")
+    result = backup(dest, "b1", login_password=PASSWORD)
+    assert_ok(result, changed=True)
+    return dest, result
+
+
+# --------------------------------------------------------------------------- backup
+
+
+def test_backup_writes_verified_private_files(shop_backup):
+    dest, result = shop_backup
+    path = Path(result["path"])
+    assert path == dest / "b1" / "shop.dump"
+    assert visible_files(dest / "b1") == ["shop.dump", "shop.manifest.json"]
+    assert mode(dest / "b1") == 0o700
+    assert mode(path) == 0o600
+    assert mode(result["manifest_path"]) == 0o600
+    manifest = json.loads(Path(result["manifest_path"]).read_text())
+    assert manifest == result["manifest"]
+    assert manifest["sha256"] == sha256(path) == result["sha256"]
+    assert manifest["size"] == path.stat().st_size
+    assert manifest["row_counts"] == SHOP_ROWS
+    assert manifest["verified"] is True
+    assert manifest["format"] == "custom"
+    assert manifest["server_version"].startswith("15")
+    with path.open("rb") as handle:
+        listing = docker("exec", "-i", CONTAINER, "pg_restore", "--list", stdin=handle)
+    assert listing.returncode == 0, listing.stderr
+    assert b"TABLE DATA public items" in listing.stdout
+
+
+def test_second_run_and_check_mode_are_unchanged(shop_backup):
+    dest, first = shop_backup
+    before = (dest / "b1" / "shop.dump").stat().st_mtime_ns
+    again = backup(dest, "b1", login_password=PASSWORD)
+    assert_ok(again, changed=False)
+    assert again["sha256"] == first["sha256"]
+    checked = backup(dest, "b1", check=True)
+    assert_ok(checked, changed=False)
+    assert (dest / "b1" / "shop.dump").stat().st_mtime_ns == before
+
+
+def test_check_mode_writes_nothing(pg, tmp_path):
+    result = backup(tmp_path, "would", check=True)
+    assert_ok(result, changed=True)
+    assert result["msg"] == (
+        f"would dump database shop from container {CONTAINER} to {tmp_path}/would/shop.dump"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_password_fails_clearly_without_file(pg, tmp_path):
+    result = backup(tmp_path, "pw", login_password="not-the-password")
+    assert_failed(result, 'password authentication failed for user "postgres"', "login_password")
+    assert "not-the-password" not in json.dumps(result)
+    assert visible_files(tmp_path / "pw") == []
+
+
+def test_missing_database_fails_clearly_without_file(pg, tmp_path):
+    result = backup(tmp_path, "nodb", database="nope")
+    assert_failed(result, 'database "nope" does not exist in container', "database option")
+    assert visible_files(tmp_path / "nodb") == []
+
+
+def test_two_backups_with_the_same_id_at_once(pg, tmp_path):
+    args = {
+        "container": CONTAINER,
+        "login_user": "postgres",
+        "database": "shop",
+        "dest_dir": str(tmp_path),
+        "backup_id": "race",
+    }
+    procs = [
+        subprocess.Popen(
+            ansible_argv("pg_backup", args),
+            cwd=ROOT,
+            env=ansible_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append(parse_result(out, err))
+    winners = [r for r in results if not r.get("failed") and r["changed"]]
+    assert len(winners) == 1, results
+    for other in results:
+        if other is not winners[0]:
+            assert other.get("failed") or other["changed"] is False, other
+            if other.get("failed"):
+                assert "another pg_backup run" in other["msg"], other["msg"]
+    directory = tmp_path / "race"
+    assert visible_files(directory) == ["shop.dump", "shop.manifest.json"]
+    manifest = json.loads((directory / "shop.manifest.json").read_text())
+    assert manifest["sha256"] == sha256(directory / "shop.dump")
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def test_restore_new_equals_source_row_by_row(shop_backup):
+    _, backed_up = shop_backup
+    checked = restore(backed_up["path"], "shop_copy", check=True)
+    assert_ok(checked, changed=True)
+    assert "shop_copy" not in databases()
+    result = restore(backed_up["path"], "shop_copy", login_password=PASSWORD)
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == SHOP_ROWS
+    for table in ("items", "sales.orders", "empty_table"):
+        assert table_rows("shop_copy", table) == table_rows("shop", table)
+    again = restore(backed_up["path"], "shop_copy")
+    assert_ok(again, changed=False)
+    clash = restore(backed_up["path"], "shop")
+    assert_failed(clash, "already exists", "mode=replace")
+
+
+def test_restore_replace_brings_rows_back_and_keeps_previous(pg, tmp_path):
+    psql("postgres", "CREATE DATABASE live TEMPLATE shop;")
+    taken = backup(tmp_path, "r1", database="live")
+    assert_ok(taken, changed=True)
+    psql("live", "DELETE FROM sales.orders WHERE id > 10; DELETE FROM items WHERE id > 100;")
+    damaged = table_rows("live", "sales.orders")
+    planned = restore(taken["path"], "live", check=True, mode="replace")
+    assert_ok(planned, changed=True)
+    assert planned["previous_database"] == "live__pre_r1"
+    assert "live__pre_r1" not in databases()
+    result = restore(taken["path"], "live", mode="replace", login_password=PASSWORD)
+    assert_ok(result, changed=True)
+    assert result["previous_database"] == "live__pre_r1"
+    assert result["restored_rows"] == SHOP_ROWS
+    for table in ("items", "sales.orders"):
+        assert table_rows("live", table) == table_rows("shop", table)
+    assert table_rows("live__pre_r1", "sales.orders") == damaged
+    assert not [name for name in databases() if "__restore_" in name]
+    assert_ok(restore(taken["path"], "live", mode="replace"), changed=False)
+
+
+def test_corrupted_backup_is_refused_and_live_db_untouched(shop_backup, tmp_path):
+    _, backed_up = shop_backup
+    copy_dir = tmp_path / "b1"
+    copy_dir.mkdir()
+    data = bytearray(Path(backed_up["path"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy_dir / "shop.dump").write_bytes(bytes(data))
+    (copy_dir / "shop.manifest.json").write_bytes(Path(backed_up["manifest_path"]).read_bytes())
+    before = {table: table_rows("shop", table) for table in ("items", "sales.orders")}
+    names = databases()
+    result = restore(str(copy_dir / "shop.dump"), "shop", mode="replace")
+    assert_failed(result, "corrupt", "sha256 check failed")
+    assert {table: table_rows("shop", table) for table in before} == before
+    assert databases() == names
+
+
+def test_globals_dump_cannot_be_restored(pg, tmp_path):
+    taken = backup(tmp_path, "g1", mode="globals", database=None)
+    assert_ok(taken, changed=True)
+    assert taken["path"].endswith("/g1/globals.sql")
+    result = restore(taken["path"], "whatever")
+    assert_failed(result, "mode=globals", "single-database dumps only")
+
+
+def test_directory_format_parallel_round_trip(pg, tmp_path):
+    taken = backup(tmp_path, "d1", format="directory", jobs=2, login_password=PASSWORD)
+    assert_ok(taken, changed=True)
+    assert taken["path"].endswith("/d1/shop.dir.tar")
+    assert taken["manifest"]["verify_method"].startswith("pg_restore --list")
+    leftovers = docker("exec", CONTAINER, "sh", "-c", "ls -d /tmp/opsauto-pg.* 2>/dev/null")
+    assert leftovers.stdout.strip() == b""
+    result = restore(taken["path"], "shop_dir", jobs=2)
+    assert_ok(result, changed=True)
+    for table in ("items", "sales.orders"):
+        assert table_rows("shop_dir", table) == table_rows("shop", table)
+
+
+def test_gzip_plain_round_trip(pg, tmp_path):
+    taken = backup(tmp_path, "z1", format="plain", compression="gzip")
+    assert_ok(taken, changed=True)
+    path = Path(taken["path"])
+    assert path.name == "shop.sql.gz"
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert sha256(path) == taken["manifest"]["sha256"]
+    result = restore(str(path), "shop_gz")
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == SHOP_ROWS
+    for table in ("items", "sales.orders"):
+        assert table_rows("shop_gz", table) == table_rows("shop", table)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_full_backup_disk_fails_clearly_without_partial(big_db, tmp_path):
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the test needs root): {mounted.stderr}")
+    try:
+        result = backup(mount_point, "f1", database=big_db)
+        assert_failed(result, "no space left")
+        assert visible_files(mount_point / "f1") == []
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False, timeout=60)
+    # the abandoned pg_dump's server session is terminated, not left holding a snapshot
+    sql = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{big_db}';"
+    for _ in range(50):
+        if psql("postgres", sql) == "0":
+            break
+        time.sleep(0.2)
+    assert psql("postgres", sql) == "0"
+
+
+def test_container_killed_mid_dump_leaves_no_backup(big_db, tmp_path):
+    """Must stay the last test: the container is dead afterwards."""
+    args = {
+        "container": CONTAINER,
+        "login_user": "postgres",
+        "database": big_db,
+        "format": "plain",
+        "dest_dir": str(tmp_path),
+        "backup_id": "k1",
+    }
+    proc = subprocess.Popen(
+        ansible_argv("pg_backup", args), cwd=ROOT, env=ansible_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    directory = tmp_path / "k1"
+    try:
+        deadline = time.monotonic() + 120
+        for _ in range(1200):  # until the dump has streamed a few MB
+            partial = [p for p in visible_files(directory) if ".partial-" in p]
+            if partial:
+                with contextlib.suppress(FileNotFoundError):
+                    if (directory / partial[0]).stat().st_size > 4 * 1024 * 1024:
+                        break
+            assert proc.poll() is None, "the backup ended before the container was killed"
+            assert time.monotonic() < deadline, "the dump never started streaming"
+            time.sleep(0.1)
+        killed = docker("kill", CONTAINER)
+        assert killed.returncode == 0, killed.stderr
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = parse_result(out, err)
+    assert_failed(result, "killed")
+    assert visible_files(directory) == []
