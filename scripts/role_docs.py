@@ -56,7 +56,7 @@ def table(role: Path) -> str:
 
 def render(role: Path) -> str:
     readme = role / "README.md"
-    text = readme.read_text() if readme.exists() else f"# Role `{role.name}`\n\n## Variables\n\n{BEGIN}\n{END}\n"
+    text = readme.read_text() if readme.exists() else f"# Role `{role.name}`\n"
     if BEGIN not in text:
         text = text.rstrip() + f"\n\n## Variables\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
