@@ -4,10 +4,12 @@ confirmation, unknown or corrupted backup), each with a clear error and nothing 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import boto3
 import pytest
@@ -220,3 +222,43 @@ def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
     assert meta["verified"] is True
     flag = (stack[0] / "metrics" / "opsauto_backup_offsite.prom").read_text()
     assert 'opsauto_backup_offsite_success{project="opsauto-it-backup"} 0' in flag
+
+
+def test_scheduled_backup_runs_through_ansible_runner_one_at_a_time(stack, tmp_path):
+    base, common = stack
+    sched = {
+        "backup_schedule_data_dir": str(tmp_path / "runner"),
+        "backup_schedule_log_dir": str(tmp_path / "logs"),
+        "backup_schedule_cron_file": "opsauto-backup-it",
+        "backup_schedule_wrapper": str(tmp_path / "scheduled-backup"),
+        "backup_schedule_hour": "2",
+        "backup_schedule_extra_vars": {**common, "backup_id": "it-sched"},
+    }
+    cron_file = Path("/etc/cron.d/opsauto-backup-it")
+    try:
+        result, failures = play(stack, tmp_path / "a", "schedule_backups.yml", **sched)
+        assert result.rc == 0, failures
+        assert f"15 2 * * * root {tmp_path}/scheduled-backup" in cron_file.read_text()
+        again, _ = play(stack, tmp_path / "b", "schedule_backups.yml", **sched)
+        assert again.stats["changed"].get("localhost", 0) == 0, again.stats
+
+        proc = run([str(tmp_path / "scheduled-backup")], timeout=900)
+        logs = list((tmp_path / "logs").glob("backup-*.log"))
+        assert proc.returncode == 0, logs[0].read_text()[-3000:] if logs else proc.stderr
+        assert len(logs) == 1
+        assert logs[0].read_text().rstrip().endswith("exit status 0")
+        assert json.loads((base / "backups" / "it-sched" / "SET.json").read_text())["verified"]
+        assert len(list((tmp_path / "runner" / "artifacts").iterdir())) == 1
+
+        with open(tmp_path / "runner" / ".lock", "w") as held:  # a run in progress
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            blocked = run([str(tmp_path / "scheduled-backup")], timeout=60)
+        assert blocked.returncode == 75
+        assert "skipped" in (tmp_path / "logs" / "skipped.log").read_text()
+    finally:
+        result, failures = play(
+            stack, tmp_path / "c", "schedule_backups.yml", backup_schedule_state="absent", **sched
+        )
+    assert result.rc == 0, failures
+    assert "opsauto scheduled backup" not in (cron_file.read_text() if cron_file.exists() else "")
+    cron_file.unlink(missing_ok=True)
