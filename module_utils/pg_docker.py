@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +41,13 @@ import tempfile
 import time
 import uuid
 import zlib
+
+from ansible.module_utils.fileops import (
+    LockTimeout,
+    LockUnsupported,
+    flock_file,
+    fsync_directory,
+)
 
 CHUNK_SIZE = 1024 * 1024
 FILE_MODE = 0o600
@@ -228,14 +234,6 @@ def ensure_directory(path):
         raise PgDockerError(_os_error_message(exc, f"create directory {path}")) from None
     os.chmod(path, DIR_MODE)
     return True
-
-
-def fsync_directory(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path):
@@ -837,27 +835,16 @@ class SnapshotSession:
 def file_lock(path, timeout):
     """Exclusive flock on ``path`` (created 0600), waiting at most ``timeout`` seconds."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    except OSError as exc:
-        raise PgDockerError(_os_error_message(exc, f"open lock file {path}")) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-            if time.monotonic() >= deadline:
-                raise PgDockerError(
-                    f"another pg_backup run holds {path} (it is writing the same backup) and did "
-                    f"not finish within {timeout:g}s: wait for it and re-run (the re-run reports "
-                    "changed=false if that backup succeeded), or raise lock_timeout"
-                )
-            time.sleep(LOCK_POLL_INTERVAL)
-        yield path
-    finally:
-        os.close(fd)
+        with flock_file(path, timeout, FILE_MODE):
+            yield path
+    except (OSError, LockUnsupported) as exc:
+        raise PgDockerError(_os_error_message(exc, f"lock {path}")) from None
+    except LockTimeout:
+        raise PgDockerError(
+            f"another pg_backup run holds {path} (it is writing the same backup) and did "
+            f"not finish within {timeout:g}s: wait for it and re-run (the re-run reports "
+            "changed=false if that backup succeeded), or raise lock_timeout"
+        ) from None
 
 
 # --------------------------------------------------------------------------- verification

@@ -22,12 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
 import tempfile
 import time
+
+from ansible.module_utils.fileops import (
+    LockTimeout,
+    LockUnsupported,
+    flock_file,
+    fsync_directory,
+)
 
 HEALTH_CHOICES = ("healthy", "unhealthy")
 STATUS_CHOICES = ("good", "bad", "rolled_back")
@@ -333,42 +339,24 @@ def ledger_lock(path, timeout=LOCK_TIMEOUT):
     lock_path = path + LOCK_SUFFIX
     ensure_directory(os.path.dirname(os.path.abspath(path)))
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        with flock_file(lock_path, timeout, FILE_MODE):
+            yield lock_path
     except OSError as exc:
         raise LedgerError(
             f"cannot open the release ledger lock file {lock_path}: {exc.strerror}. Run the "
             "task with become: true or fix the directory's permissions."
         ) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise LedgerError(
-                        f"cannot lock {lock_path}: {exc.strerror}. The ledger must be on a "
-                        "file system that supports flock (a local disk)."
-                    ) from None
-            if time.monotonic() >= deadline:
-                raise LedgerError(
-                    f"timed out after {timeout:g}s waiting for the lock on {lock_path}: "
-                    "another process is writing the release ledger. Retry; if it persists, "
-                    f"find the holder with `fuser {lock_path}` and stop it."
-                )
-            time.sleep(LOCK_POLL_INTERVAL)
-        yield lock_path
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    except LockUnsupported as exc:
+        raise LedgerError(
+            f"cannot lock {lock_path}: {exc}. The ledger must be on a "
+            "file system that supports flock (a local disk)."
+        ) from None
+    except LockTimeout:
+        raise LedgerError(
+            f"timed out after {timeout:g}s waiting for the lock on {lock_path}: "
+            "another process is writing the release ledger. Retry; if it persists, "
+            f"find the holder with `fuser {lock_path}` and stop it."
+        ) from None
 
 
 def write_ledger(path, entries):
@@ -404,7 +392,7 @@ def write_ledger(path, entries):
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)
         tmp_path = None
-        _fsync_directory(directory)
+        fsync_directory(directory)
     except OSError as exc:
         hint = {
             errno.ENOSPC: "free some disk space",

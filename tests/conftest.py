@@ -127,3 +127,17 @@ def moto_endpoint():
 
 
 AWS_TEST_CREDENTIALS = {"access_key": "testing-key", "secret_key": "testing-secret"}
+
+
+@pytest.fixture(scope="session")
+def s3_client(moto_endpoint):
+    """A boto3 S3 client of the local moto endpoint."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
+        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
+    )

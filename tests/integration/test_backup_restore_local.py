@@ -11,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests.conftest import AWS_TEST_CREDENTIALS, free_port, run, run_playbook
@@ -181,17 +180,11 @@ def s3_vars(endpoint: str, bucket: str) -> dict:
     }
 
 
-def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint):
+def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint, s3_client):
     extra = s3_vars(moto_endpoint, "opsauto-it-offsite")
     result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-s3", **extra)
     assert result.rc == 0, failures
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
-        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
-    )
+    client = s3_client
     bucket = "opsauto-it-offsite"
     assert client.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]

@@ -25,17 +25,10 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def s3(moto_endpoint):
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
-        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
-    )
+def s3(s3_client):
     bucket = f"opsauto-test-{os.urandom(4).hex()}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket
+    s3_client.create_bucket(Bucket=bucket)
+    return s3_client, bucket
 
 
 @pytest.fixture
