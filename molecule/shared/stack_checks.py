@@ -51,3 +51,15 @@ def backend_image_id(host, tag: str) -> str:
     return host.check_output(
         f"docker image inspect -f '{{{{.Id}}}}' fastapi-monolith/backend:{tag}"
     ).strip()
+
+
+def loadgen_stop(host, timeout: float = 30) -> dict:
+    """Stop the load generator started by molecule/shared/loadgen.yml; return its summary."""
+    host.run("touch /tmp/loadgen.stop")
+    found = wait_for(lambda: host.file("/tmp/loadgen.json").exists, timeout=timeout, interval=1)
+    assert found, "the load generator left no /tmp/loadgen.json (was it started?)"
+    return json.loads(host.file("/tmp/loadgen.json").content_string)
+
+
+def container_info(host, name: str) -> dict:
+    return json.loads(host.check_output(f"docker inspect {name}"))[0]

@@ -116,17 +116,24 @@ def test_missing_tag_is_refused_before_anything_stops(tmp_path, project_dir):
     assert len(ledger(project_dir)) == 1
 
 
-def test_broken_release_fails_is_recorded_bad_and_a_redeploy_recovers(tmp_path, project_dir):
+def test_broken_release_is_rolled_back_automatically(tmp_path, project_dir):
     result, failures = deploy(tmp_path, project_dir, deploy_backend_tag="1.2.0-broken")
     assert result.rc != 0
     message = " ".join(failures)
     assert "fastapi-monolith/backend:1.2.0-broken failed" in message
-    assert "Last good release: 1.1.0" in message
-    last = ledger(project_dir)[-1]
-    assert (last["tag"], last["status"], last["health"]) == ("1.2.0-broken", "bad", "unhealthy")
+    assert "Rolled back automatically to 1.1.0, which is healthy" in message
+    assert http("/health")[0] == 200
+    assert http("/version")[1]["version"] == "1.1.0"
+    entries = ledger(project_dir)
+    assert [(e["tag"], e["status"]) for e in entries] == [
+        ("1.1.0", "good"),
+        ("1.2.0-broken", "bad"),
+        ("1.1.0", "good"),
+    ]
+    assert entries[1]["health"] == "unhealthy"
 
     result, failures = deploy(tmp_path, project_dir, deploy_backend_tag="1.0.0")
     assert result.rc == 0, failures
     assert http("/health")[0] == 200
     assert http("/version")[1]["version"] == "1.0.0"
-    assert [e["tag"] for e in ledger(project_dir)] == ["1.1.0", "1.2.0-broken", "1.0.0"]
+    assert [e["tag"] for e in ledger(project_dir)] == ["1.1.0", "1.2.0-broken", "1.1.0", "1.0.0"]

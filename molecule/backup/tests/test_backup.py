@@ -13,7 +13,7 @@ SET = "/var/backups/fastapi-monolith/molecule-1"
 
 def psql(host, sql: str) -> str:
     return host.check_output(
-        f"docker compose -p {PROJECT} exec -T db psql -U app -d appdb -tAc \"{sql}\""
+        f'docker compose -p {PROJECT} exec -T db psql -U app -d appdb -tAc "{sql}"'
     ).strip()
 
 

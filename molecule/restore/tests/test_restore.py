@@ -11,7 +11,7 @@ from stack_checks import HTTP, PROJECT, evidence, http_get  # noqa: E402
 
 def psql(host, sql: str, db: str = "appdb") -> str:
     return host.check_output(
-        f"docker compose -p {PROJECT} exec -T db psql -U app -d {db} -tAc \"{sql}\""
+        f'docker compose -p {PROJECT} exec -T db psql -U app -d {db} -tAc "{sql}"'
     ).strip()
 
 
@@ -44,7 +44,9 @@ def test_safety_backup_taken_before_replace(host):
     sets = host.check_output("ls /var/backups/fastapi-monolith").split()
     safety = [s for s in sets if s.startswith("pre-restore-")]
     assert len(safety) == 1, sets  # one: the idempotence run took none
-    meta = json.loads(host.file(f"/var/backups/fastapi-monolith/{safety[0]}/SET.json").content_string)
+    meta = json.loads(
+        host.file(f"/var/backups/fastapi-monolith/{safety[0]}/SET.json").content_string
+    )
     assert meta["verified"] is True
 
 

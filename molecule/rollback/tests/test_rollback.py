@@ -1,0 +1,44 @@
+"""Verify the rollback from 1.1.0 to 1.0.0 under load on the Molecule Docker host."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+from stack_checks import (  # noqa: E402
+    HTTP,
+    backend_image_id,
+    containers,
+    evidence,
+    http_get,
+    ledger,
+    loadgen_stop,
+)
+
+
+def test_no_request_failed_during_rollback(host):
+    summary = loadgen_stop(host)
+    assert summary["total"] > 100, summary
+    assert summary["failed"] == 0, json.dumps(summary) + evidence(host)
+
+
+def test_backend_runs_the_previous_release(host):
+    backends = [c for c in containers(host) if c["Service"] == "backend"]
+    assert len(backends) == 2, evidence(host)
+    assert {c["Image"] for c in backends} == {"fastapi-monolith/backend:1.0.0"}, evidence(host)
+    assert all(c["Health"] == "healthy" for c in backends), evidence(host)
+    for _ in range(6):
+        status, body = http_get(host, f"{HTTP}/version")
+        assert status == 200, body
+        assert json.loads(body)["version"] == "1.0.0"
+
+
+def test_ledger_marks_the_abandoned_release(host):
+    entries = ledger(host)
+    assert [(e["tag"], e["status"]) for e in entries] == [
+        ("1.0.0", "good"),
+        ("1.1.0", "bad"),
+        ("1.0.0", "good"),
+    ], entries  # the idempotence run added nothing
+    assert entries[-1]["image_id"] == backend_image_id(host, "1.0.0")
