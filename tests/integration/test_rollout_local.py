@@ -5,15 +5,13 @@ stops, with a message naming the cause, and a ledger-based rollback works."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import urllib.error
 import urllib.request
 
-import ansible_runner
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, run
+from tests.conftest import run, run_playbook
 
 PROJECT = "opsauto-it-rollout"
 HTTP_PORT = 18480
@@ -43,26 +41,7 @@ def play(tmp_path, project_dir, playbook, **extravars):
         "deploy_health_timeout": 60,
     }
     variables.update(extravars)
-    env = {
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-    }
-    result = ansible_runner.run(
-        private_data_dir=str(tmp_path),
-        project_dir=str(ROOT),
-        playbook=str(ROOT / "playbooks" / f"{playbook}.yml"),
-        inventory=str(ROOT / "inventories" / "local" / "hosts.yml"),
-        extravars=variables,
-        envvars=env,
-        quiet=True,
-        timeout=600,
-    )
-    failures = [
-        e["event_data"]["res"].get("msg", "")
-        for e in result.events
-        if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
-    ]
-    return result, failures
+    return run_playbook(tmp_path, f"{playbook}.yml", variables)
 
 
 def version() -> str:
