@@ -63,3 +63,33 @@ def loadgen_stop(host, timeout: float = 30) -> dict:
 
 def container_info(host, name: str) -> dict:
     return json.loads(host.check_output(f"docker inspect {name}"))[0]
+
+
+def assert_no_failed_requests(host) -> dict:
+    """Stop the load generator and require that it sent traffic and none of it failed."""
+    summary = loadgen_stop(host)
+    assert summary["total"] > 100, summary
+    assert summary["failed"] == 0, json.dumps(summary) + evidence(host)
+    return summary
+
+
+def assert_all_healthy(host) -> list[dict]:
+    """Every service of the stack has containers, all running and healthy; returns them."""
+    found = containers(host)
+    assert sorted({c["Service"] for c in found}) == ["backend", "db", "nginx", "prometheus"], (
+        evidence(host)
+    )
+    for c in found:
+        assert c["State"] == "running", f"{c['Name']}: {c['Status']}" + evidence(host)
+        assert c["Health"] == "healthy", f"{c['Name']}: {c['Status']}" + evidence(host)
+    return found
+
+
+def answering_hostnames(host, requests: int = 20) -> set[str]:
+    """Container hostnames that answered /version through nginx over `requests` requests."""
+    hostnames = set()
+    for _ in range(requests):
+        status, body = http_get(host, f"{HTTP}/version")
+        assert status == 200, body
+        hostnames.add(json.loads(body)["hostname"])
+    return hostnames

@@ -1,32 +1,25 @@
 """Verify the state-based and rolling restarts under load on the Molecule Docker host."""
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 from stack_checks import (  # noqa: E402
-    HTTP,
+    answering_hostnames,
+    assert_all_healthy,
+    assert_no_failed_requests,
     containers,
     evidence,
-    http_get,
-    loadgen_stop,
 )
 
 
 def test_no_request_failed_during_restarts(host):
-    summary = loadgen_stop(host)
-    assert summary["total"] > 100, summary
-    assert summary["failed"] == 0, json.dumps(summary) + evidence(host)
+    assert_no_failed_requests(host)
 
 
 def test_every_container_runs_and_is_healthy(host):
-    found = containers(host)
-    assert sorted({c["Service"] for c in found}) == ["backend", "db", "nginx", "prometheus"]
-    for c in found:
-        assert c["State"] == "running", f"{c['Name']}: {c['Status']}" + evidence(host)
-        assert c["Health"] == "healthy", f"{c['Name']}: {c['Status']}" + evidence(host)
+    assert_all_healthy(host)
 
 
 def test_rolling_restart_replaced_both_backend_replicas(host):
@@ -37,9 +30,5 @@ def test_rolling_restart_replaced_both_backend_replicas(host):
 
 
 def test_nginx_spreads_requests_over_both_replicas(host):
-    hostnames = set()
-    for _ in range(20):
-        status, body = http_get(host, f"{HTTP}/version")
-        assert status == 200, body
-        hostnames.add(json.loads(body)["hostname"])
+    hostnames = answering_hostnames(host)
     assert len(hostnames) == 2, f"only {hostnames} answered" + evidence(host)
