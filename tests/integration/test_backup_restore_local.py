@@ -182,6 +182,7 @@ def s3_vars(endpoint: str, bucket: str) -> dict:
 
 def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint, s3_client):
     extra = s3_vars(moto_endpoint, "opsauto-it-offsite")
+    backed_up = psql_exec("SELECT count(*) FROM notes")
     result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-s3", **extra)
     assert result.rc == 0, failures
     client = s3_client
@@ -201,7 +202,7 @@ def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint,
         restore_mode="replace", restore_confirm="appdb", **extra,
     )  # fmt: skip
     assert result.rc == 0, failures
-    assert psql_exec("SELECT count(*) FROM notes") == "500"
+    assert psql_exec("SELECT count(*) FROM notes") == backed_up
 
 
 def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
