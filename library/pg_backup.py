@@ -37,6 +37,18 @@ description:
   - Idempotent. When the dump and its manifest exist for O(backup_id) and O(label), the file's
     sha256 matches the manifest and the file verifies, nothing is dumped and C(changed=false).
     An existing file that does not match its manifest makes the module fail, leaving it untouched.
+  - With O(encrypt_recipients), the dump is encrypted on the fly with C(age) to those public keys
+    and the file gets the extra suffix C(.age) (for example C(app.dump.age)). Only ciphertext is
+    ever written on the host, the temporary file included. The plaintext is checked while it
+    streams, before the file is published. Custom format, it is fed at the same time to
+    C(pg_restore -f /dev/null) in the container, which reads and decompresses every block of the
+    archive and writes nothing. Directory format, C(pg_restore --list) runs on the dump directory
+    in the container before it is streamed as a tar, and the streamed tar is read by C(tar -t).
+    Plain format, the completion trailer must end the uncompressed stream. The manifest (not
+    encrypted) records C(encryption), the sha256 and size of the ciphertext file (C(sha256),
+    C(size), what S3 and the checksum checks see) and those of the plaintext
+    (C(plaintext_sha256), C(plaintext_size)), which M(pg_backup_restore) checks after
+    decrypting.
   - Concurrent runs for the same O(backup_id) and O(label) serialise on an C(flock) of
     C(.{label}.lock) in the backup directory; the second run then finds the backup complete and
     reports C(changed=false).
@@ -116,6 +128,21 @@ options:
         than letters, digits, C(.), C(_) and C(-) replaced by C(_)) for O(mode=database),
         V(cluster) or V(globals) otherwise.
     type: str
+  encrypt_recipients:
+    description:
+      - age public keys (C(age1...), as printed by C(age-keygen) or C(age-keygen -y IDENTITY_FILE))
+        to encrypt the dump to. Any one of the matching identities decrypts it. Empty, the dump is
+        not encrypted.
+      - Needs the C(age) binary on the managed host (C(apt-get install age)). Only public keys are
+        given here; the identity files (secret keys) belong off the backup host, with whoever
+        restores.
+      - A value that is not an age public key fails with a message naming it; a secret key given by
+        mistake is refused without being echoed.
+      - An existing backup encrypted to other recipients makes the module fail (choose another
+        O(backup_id)).
+    type: list
+    elements: str
+    default: []
   lock_timeout:
     description: Seconds to wait for another run writing the same backup before failing.
     type: int
@@ -145,6 +172,9 @@ notes:
     C(state)...) to the result.
   - The backup directory needs free space for one dump; a container temporary directory needs
     the same for O(format=directory).
+  - With O(encrypt_recipients) the file on the host is ciphertext, but O(format=directory) still
+    writes the plaintext dump directory in the container's temporary directory (beside the database
+    it comes from) while it is dumped and streamed; it is removed in every case.
   - The empty lock file C(.{label}.lock) stays in the backup directory (removing it while a run
     holds it would let a second run in).
   - When a run fails after C(pg_dump) started, the module terminates the server sessions its
@@ -194,6 +224,18 @@ EXAMPLES = r"""
     dest_dir: /var/backups/postgres
     backup_id: nightly-2024-05-02
 
+- name: Custom-format backup encrypted to two age public keys (only ciphertext on disk)
+  pg_backup:
+    container: fastapi-monolith-db-1
+    login_user: postgres
+    database: app
+    dest_dir: /var/backups/postgres
+    backup_id: nightly-2024-05-02
+    encrypt_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+      - age1lggyhqrw2nlhcxprm67z43rta597azn8gknawjehu9d9dl0jq3yqqvfafg
+  register: backup
+
 - name: Show what a backup would do
   pg_backup:
     container: fastapi-monolith-db-1
@@ -223,7 +265,10 @@ manifest:
       C(mode), C(format), C(compression), C(database), C(databases), C(jobs), C(container),
       C(server_version), C(pg_dump_version), C(tools) (client versions), C(snapshot), C(size),
       C(sha256), C(duration_seconds), C(row_counts) (C(schema.table) to exact rows),
-      C(row_counts_scope), C(database_encoding), C(verified) (always V(true)), C(verify_method).
+      C(row_counts_scope), C(database_encoding), C(verified) (always V(true)), C(verify_method),
+      C(encryption) (V(null), or C(tool) V(age) and its C(recipients)).
+    - Encrypted dumps also have C(plaintext_sha256) and C(plaintext_size); C(sha256) and C(size)
+      are then those of the ciphertext file.
   returned: always
   type: dict
   sample:
@@ -245,7 +290,7 @@ manifest:
     verified: true
     verify_method: pg_restore --list (custom archive read from stdin in the container)
 sha256:
-  description: sha256 of the dump file (V(null) in check mode when the backup does not exist).
+  description: sha256 of the dump file, the ciphertext when encrypted (V(null) in check mode when the backup does not exist).
   returned: always
   type: str
 size:
@@ -285,6 +330,7 @@ ARGUMENT_SPEC = {
     "dest_dir": {"type": "path", "required": True},
     "backup_id": {"type": "str", "required": True},
     "label": {"type": "str"},
+    "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
     "lock_timeout": {"type": "int", "default": 600},
 }
 

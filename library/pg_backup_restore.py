@@ -33,6 +33,14 @@ description:
     (decompressed on the host) into C(psql -v ON_ERROR_STOP=1). Container temporary directories
     are removed in every case.
   - Row counts are compared exactly with the manifest (every ordinary table, C(schema.table)).
+  - Encrypted backups (written by M(pg_backup) with C(encrypt_recipients), file suffix C(.age))
+    need O(decrypt_identity_file); without it the module fails before connecting, naming the
+    option and the recipients. The checks then are, before any database is touched, the sha256
+    of the ciphertext against the manifest, and a full streaming decryption (C(age -d), which
+    authenticates every 64 KiB chunk, so a wrong key or damaged data fails) whose plaintext sha256
+    must equal the manifest's C(plaintext_sha256). That plaintext is exactly what M(pg_backup)
+    verified before publishing the backup. The restore then decrypts again, streaming into the
+    same restore path; no plaintext file is written on the host.
 author:
   - Operations automation team
 options:
@@ -102,6 +110,13 @@ options:
       they differ.
     type: bool
     default: true
+  decrypt_identity_file:
+    description:
+      - Path on the managed host of the C(age) identity file (from C(age-keygen)) of one of the
+        recipients an encrypted backup was written for. Only its path is passed to C(age -d -i);
+        the module never reads the key. Ignored for backups that are not encrypted.
+      - Needs the C(age) binary on the managed host (C(apt-get install age)).
+    type: path
   maintenance_db:
     description: Database to connect to for C(CREATE), C(ALTER) and C(DROP DATABASE).
     type: str
@@ -154,6 +169,15 @@ EXAMPLES = r"""
     jobs: 2
   register: restore
 
+- name: Restore an age-encrypted backup (the identity file stays on the host, never in the output)
+  pg_backup_restore:
+    container: fastapi-monolith-db-1
+    login_user: postgres
+    path: /var/backups/postgres/nightly-2024-05-02/app.dump.age
+    decrypt_identity_file: /root/.config/opsauto/backup-age-identity.txt
+    database: app
+    mode: replace
+
 - name: Show what a restore would do
   pg_backup_restore:
     container: fastapi-monolith-db-1
@@ -195,7 +219,8 @@ duration_seconds:
   type: float
 verification:
   description:
-    - C(backup), the checks of the file (C(sha256), C(readable)); C(rows), the row count check
+    - C(backup), the checks of the file (C(sha256), C(readable), and C(plaintext_sha256) for an
+      encrypted backup); C(rows), the row count check
       result (V(null) when not run).
   returned: always
   type: dict
@@ -227,6 +252,7 @@ ARGUMENT_SPEC = {
     "no_owner": {"type": "bool", "default": False},
     "keep_previous": {"type": "bool", "default": True},
     "verify_rows": {"type": "bool", "default": True},
+    "decrypt_identity_file": {"type": "path"},
     "maintenance_db": {"type": "str", "default": "postgres"},
 }
 

@@ -38,6 +38,7 @@ import select
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 import zlib
@@ -79,6 +80,10 @@ TRAILERS = {
     "globals": "-- PostgreSQL database cluster dump complete",
 }
 PACKAGE_HINTS = {"zstd": "zstd (apt-get install zstd / dnf install zstd)"}
+ENCRYPTED_SUFFIX = ".age"
+# An age X25519 public key: "age1" and 58 bech32 characters (what age-keygen -y prints).
+AGE_RECIPIENT_RE = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
+AGE_SECRET_PREFIX = "AGE-SECRET-KEY-"
 
 # Every ordinary table of the database with its exact row count, in one statement so
 # that it runs inside the caller's transaction (and snapshot).  Tables that belong to
@@ -130,26 +135,57 @@ def check_name(value, option):
     return value
 
 
+def check_recipients(values):
+    """Validate age public keys (``age1...``); returns them without duplicates, in order.
+
+    An age identity (secret key) given by mistake is refused without echoing it.
+    """
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    recipients = []
+    for value in values:
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and text.upper().startswith(AGE_SECRET_PREFIX):
+            raise PgDockerError(
+                "encrypt_recipients holds an age identity (a secret key starting with "
+                f"{AGE_SECRET_PREFIX}), not a public key; the value is not shown. Give the public "
+                "key instead (age-keygen -y IDENTITY_FILE prints it) and keep the identity off "
+                "the backup host"
+            )
+        if not isinstance(text, str) or not AGE_RECIPIENT_RE.match(text):
+            raise PgDockerError(
+                f"encrypt_recipients: {value!r} is not an age public key: it must be 'age1' "
+                "followed by 58 lowercase bech32 characters, as printed by age-keygen "
+                "(or age-keygen -y IDENTITY_FILE)"
+            )
+        if text not in recipients:
+            recipients.append(text)
+    return recipients
+
+
 def sanitize_label(name):
     """Turn a database name into a file-name-safe label (used when 'label' is not given)."""
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", name or "").lstrip(".")
     return label or "backup"
 
 
-def artifact_name(label, fmt, compression="none"):
-    """File name of a dump: ``{label}.dump|dir.tar|sql|sql.gz|sql.zst``."""
+def artifact_name(label, fmt, compression="none", encrypted=False):
+    """File name of a dump: ``{label}.dump|dir.tar|sql|sql.gz|sql.zst``, plus ``.age``."""
     if fmt != "plain" and compression != "none":
         raise PgDockerError(
             f"compression={compression} applies to format=plain only; format={fmt} is "
             "compressed by pg_dump itself. Remove 'compression' or use format=plain."
         )
     try:
-        return f"{label}.{EXTENSIONS[(fmt, compression)]}"
+        name = f"{label}.{EXTENSIONS[(fmt, compression)]}"
     except KeyError:
         raise PgDockerError(
             f"unsupported format/compression {fmt}/{compression}: format is one of "
             f"{', '.join(FORMATS)}, compression one of {', '.join(COMPRESSIONS)}"
         ) from None
+    return name + ENCRYPTED_SUFFIX if encrypted else name
 
 
 def manifest_name(label):
@@ -158,6 +194,8 @@ def manifest_name(label):
 
 def label_from_artifact(filename):
     """The label of a dump file name (inverse of :func:`artifact_name`), or None."""
+    if filename.endswith(ENCRYPTED_SUFFIX):
+        filename = filename[: -len(ENCRYPTED_SUFFIX)]
     for ext in sorted(EXTENSIONS.values(), key=len, reverse=True):
         if filename.endswith("." + ext) and len(filename) > len(ext) + 1:
             return filename[: -len(ext) - 1]
@@ -381,6 +419,12 @@ def check_plain_trailer(path, mode, compression, zstd_bin=None):
 
 def find_binary(name):
     path = shutil.which(name)
+    if path is None and name == "age":
+        raise PgDockerError(
+            "the age binary is required on the Docker host for encrypt_recipients and "
+            "decrypt_identity_file but was not found in PATH: install the age package: "
+            "apt-get install age"
+        )
     if path is None:
         raise PgDockerError(
             f"the {name} binary is required on the Docker host for compression={name} but was "
@@ -485,6 +529,230 @@ def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zst
         for err in errs:
             err.close()
     return digest.hexdigest(), size
+
+
+def _write_quietly(handle, data):
+    """Write to a child's stdin; False when the child has closed it (it exited)."""
+    try:
+        handle.write(data)
+    except BrokenPipeError:
+        return False
+    return True
+
+
+def stream_encrypted(argv, out_path, recipients, env=None, compression="none", check_argv=None):
+    """Run ``argv``; encrypt its stdout with age to ``out_path``; check the plaintext on the way.
+
+    Only ciphertext reaches ``out_path``: the producer's stdout is read here in 1 MiB
+    chunks, compressed if asked (gzip in Python, zstd through the ``zstd`` binary), hashed
+    (sha256 of the plaintext, the bytes age encrypts) and written to ``age -r KEY...`` whose
+    stdout is the file.  While streaming, the uncompressed chunks also go to:
+
+    * the last TAIL_BYTES kept in memory (for the plain-dump trailer check), and
+    * ``check_argv``, if given: a process reading them on stdin (``pg_restore`` or ``tar -t``
+      in the container) whose exit status says whether the stream is readable.
+
+    Returns a dict: ``sha256``/``size`` of the ciphertext file, ``plaintext_sha256``,
+    ``plaintext_size``, ``tail`` and ``check_error`` (None when the check passed or none
+    was run).  A failing producer, compressor or age raises CommandError.
+    """
+    age_argv = [find_binary("age")]
+    for recipient in recipients:
+        age_argv += ["-r", recipient]
+    procs = []  # (process, its stderr file)
+    plain = hashlib.sha256()
+    state = {"plain_size": 0, "tail": b"", "pump_error": None}
+    gzip = _Gzip() if compression == "gzip" else None
+    pump = None
+    check = None
+
+    def start(command, **kwargs):
+        err = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen(command, stderr=err, **kwargs)
+        except BaseException:
+            err.close()
+            raise
+        procs.append((proc, err))
+        return proc
+
+    def died(proc):
+        """CommandError of a child that stopped reading its input (it exited)."""
+        returncode = proc.wait()
+        stderr = _stderr_text(next(err for child, err in procs if child is proc))
+        return CommandError(
+            f"{os.path.basename(proc.args[0])} exited with status {returncode}: {stderr}",
+            returncode,
+            stderr,
+        )
+
+    def to_age(age, data):
+        plain.update(data)
+        state["plain_size"] += len(data)
+        if not _write_quietly(age.stdin, data):
+            raise died(age)
+
+    def pump_compressed(source, age):
+        try:
+            while chunk := source.read(CHUNK_SIZE):
+                to_age(age, chunk)
+        except BaseException as exc:  # reported by the main thread
+            state["pump_error"] = exc
+            while source.read(CHUNK_SIZE):  # keep zstd from blocking the main thread
+                pass
+
+    try:
+        with open(out_path, "wb") as out:
+            producer = start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+            age = start(age_argv, stdin=subprocess.PIPE, stdout=out)
+            zstd = None
+            if compression == "zstd":
+                zstd = start(
+                    [find_binary("zstd"), "-q", "-c", "-"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                pump = threading.Thread(target=pump_compressed, args=(zstd.stdout, age))
+                pump.start()
+            if check_argv:
+                check = start(check_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+            check_open = check is not None
+            while chunk := producer.stdout.read(CHUNK_SIZE):
+                state["tail"] = (state["tail"] + chunk)[-TAIL_BYTES:]
+                if check_open:
+                    check_open = _write_quietly(check.stdin, chunk)
+                if zstd is not None:
+                    if not _write_quietly(zstd.stdin, chunk):
+                        raise died(zstd)
+                elif gzip is not None:
+                    to_age(age, gzip.feed(chunk))
+                else:
+                    to_age(age, chunk)
+            if gzip is not None:
+                to_age(age, gzip.finish())
+            for proc in (zstd, check):
+                if proc is not None:
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+            if pump is not None:
+                pump.join()
+                if state["pump_error"] is not None:
+                    raise state["pump_error"]
+            with contextlib.suppress(BrokenPipeError):
+                age.stdin.close()
+            for proc, err in procs:
+                returncode = proc.wait()
+                if returncode != 0 and proc is not check:
+                    stderr = _stderr_text(err)
+                    raise CommandError(
+                        f"{os.path.basename(proc.args[0])} exited with status {returncode}: "
+                        f"{stderr}",
+                        returncode,
+                        stderr,
+                    )
+            check_error = None
+            if check is not None and check.returncode != 0:
+                check_error = _stderr_text(procs[-1][1]) or f"exit {check.returncode}"
+            out.flush()
+            os.fsync(out.fileno())
+        sha256, size = sha256_file(out_path)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and exc.filename == argv[0]:
+            raise PgDockerError(
+                f"{argv[0]} not found: install the docker CLI or set docker_cli"
+            ) from None
+        raise PgDockerError(_os_error_message(exc, f"write {out_path}")) from None
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if pump is not None:
+            pump.join()
+        for proc, err in procs:
+            for stream in (proc.stdin, proc.stdout):
+                if stream:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            err.close()
+    return {
+        "sha256": sha256,
+        "size": size,
+        "plaintext_sha256": plain.hexdigest(),
+        "plaintext_size": state["plain_size"],
+        "tail": state["tail"],
+        "check_error": check_error,
+    }
+
+
+def age_version():
+    proc = subprocess.run(
+        [find_binary("age"), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return proc.stdout.strip() or None
+
+
+@contextlib.contextmanager
+def decrypted(path, identity_file, what=None):
+    """A readable binary stream of the plaintext of an age-encrypted file.
+
+    ``age -d -i IDENTITY_FILE PATH`` decrypts in 64 KiB authenticated chunks; the key
+    stays in its file (only its path is in argv).  After the body, the rest of the stream
+    is drained and age's exit status checked: a wrong identity or a damaged file raises
+    (CorruptBackupError for damage).  ``what`` names the file in messages.
+    """
+    what = what or path
+    check_identity_file(identity_file)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [find_binary("age"), "-d", "-i", identity_file, path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        try:
+            yield proc.stdout
+            while proc.stdout.read(CHUNK_SIZE):
+                pass
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if returncode != 0:
+            raise _decrypt_error(what, identity_file, _stderr_text(err))
+
+
+def check_identity_file(identity_file):
+    if not identity_file:
+        raise PgDockerError("decrypt_identity_file is empty: give the path of an age identity file")
+    if not os.path.isfile(identity_file) or not os.access(identity_file, os.R_OK):
+        raise PgDockerError(
+            f"decrypt_identity_file {identity_file} does not exist or is not readable: give the "
+            "path of the age identity file (from age-keygen) of one of the backup's recipients "
+            "on the Docker host, readable by the user the task runs as"
+        )
+
+
+def _decrypt_error(what, identity_file, stderr):
+    if "no identity matched" in stderr:
+        return PgDockerError(
+            f"cannot decrypt {what} with decrypt_identity_file {identity_file}: it holds no key "
+            "of the backup's recipients (age: no identity matched any of the recipients). "
+            "Nothing was changed; give the identity file of one of the recipients listed in "
+            "the manifest's encryption.recipients"
+        )
+    if "identity" in stderr and ("read" in stderr or "pars" in stderr or "malformed" in stderr):
+        return PgDockerError(
+            f"decrypt_identity_file {identity_file} is not a usable age identity file (age: "
+            f"{stderr.splitlines()[-1] if stderr else 'error'}): give a file written by "
+            "age-keygen"
+        )
+    return CorruptBackupError(
+        f"{what} is corrupt: age decryption failed ({stderr.splitlines()[-1] if stderr else ''}"
+        "). Nothing was changed; restore another backup"
+    )
 
 
 # --------------------------------------------------------------------------- containers
@@ -917,13 +1185,15 @@ def backup_plan(params):
     label = params.get("label") or (sanitize_label(database) if mode == "database" else mode)
     check_name(label, "label")
     directory = os.path.join(params["dest_dir"], backup_id)
-    name = artifact_name(label, fmt, compression)
+    recipients = check_recipients(params.get("encrypt_recipients"))
+    name = artifact_name(label, fmt, compression, encrypted=bool(recipients))
     return {
         "mode": mode,
         "format": fmt,
         "compression": compression,
         "database": database if mode == "database" else None,
         "jobs": jobs,
+        "recipients": recipients,
         "backup_id": backup_id,
         "label": label,
         "directory": directory,
@@ -960,6 +1230,13 @@ def check_existing(pg, plan):
         )
     if not has_file:
         return None  # manifest written, dump never published: dump again
+    encryption = manifest.get("encryption") or {}
+    if sorted(encryption.get("recipients") or []) != sorted(plan["recipients"]):
+        raise PgDockerError(
+            f"backup {path} already exists, encrypted to other age recipients "
+            f"({', '.join(encryption.get('recipients') or [])}) than encrypt_recipients asks "
+            "for: choose another backup_id; the existing backup was left untouched"
+        )
     sha256, size = sha256_file(path)
     if sha256 != manifest["sha256"] or size != manifest["size"]:
         raise CorruptBackupError(
@@ -967,6 +1244,8 @@ def check_existing(pg, plan):
             f"says {manifest['sha256']}): it is corrupt. It was left untouched; move it and "
             f"{manifest_path} aside to take this backup again, or choose another backup_id"
         )
+    if encryption:
+        return manifest  # no identity here: the ciphertext's sha256 is what can be checked
     try:
         verify_archive(pg, path, manifest["format"], manifest["mode"], manifest.get("compression"))
     except CorruptBackupError as exc:
@@ -1001,6 +1280,8 @@ def _dump_to(pg, plan, partial, snapshot):
         f" while dumping database {plan['database']}" if plan["database"] else " while dumping"
     )
     try:
+        if plan["recipients"]:
+            return _dump_encrypted(pg, plan, partial, snapshot, context)
         if plan["format"] != "directory":
             argv = pg.exec_argv(_dump_command(pg, plan, snapshot))
             return stream_to_file(argv, partial, env, None, plan["compression"], zstd_bin)
@@ -1017,6 +1298,66 @@ def _dump_to(pg, plan, partial, snapshot):
         ) from None
 
 
+def _dump_encrypted(pg, plan, partial, snapshot, context):
+    """The dump encrypted with age into ``partial``, its plaintext checked while streaming.
+
+    Returns (ciphertext sha256, size) and ``plan["stream"]`` holds what was checked.
+    custom: the plaintext is fed at the same time to ``pg_restore -f /dev/null`` in the
+    container, which reads and decompresses every block of the archive (more than
+    ``--list`` does) and writes nothing;
+    directory: ``pg_restore --list`` of the dump directory in the container before it is
+    streamed, and ``tar -t`` of the streamed tar;
+    plain: the completion trailer at the end of the uncompressed stream.
+    """
+    env = pg.env()
+    fmt = plan["format"]
+    if fmt == "custom":
+        check = pg.exec_argv(["pg_restore", "-f", "/dev/null"], interactive=True)
+        method = (
+            "pg_restore -f /dev/null (every block of the custom archive read from the plaintext "
+            "stream in the container while it was encrypted)"
+        )
+    elif fmt == "directory":
+        check = pg.exec_argv(["tar", "-t", "-f", "-"], interactive=True)
+        method = (
+            "pg_restore --list (directory archive in the container) and tar -t of the plaintext "
+            "stream while it was encrypted"
+        )
+    else:
+        check = None
+        method = f"trailer {TRAILERS[plan['mode']]!r} found at the end of the plaintext stream"
+    if fmt != "directory":
+        argv = pg.exec_argv(_dump_command(pg, plan, snapshot))
+        recipients, compression = plan["recipients"], plan["compression"]
+        stream = stream_encrypted(argv, partial, recipients, env, compression, check)
+    else:
+        tmp = pg.make_temp_dir()
+        try:
+            pg.run(_dump_command(pg, plan, snapshot, f"{tmp}/dump"), timeout=None, context=context)
+            try:
+                pg.run(["pg_restore", "--list", f"{tmp}/dump"], timeout=SESSION_TIMEOUT)
+            except CommandError as exc:
+                raise CorruptBackupError(
+                    f"the directory dump is not a readable archive: {exc.stderr or exc}"
+                ) from None
+            argv = pg.exec_argv(["tar", "-C", f"{tmp}/dump", "-cf", "-", "."])
+            stream = stream_encrypted(argv, partial, plan["recipients"], env, "none", check)
+        finally:
+            pg.remove_temp_dir(tmp)
+    if stream["check_error"] is not None:
+        raise CorruptBackupError(
+            f"the {fmt} dump stream is not readable ({stream['check_error']}); nothing was kept"
+        )
+    if fmt == "plain" and not tail_has_trailer(stream["tail"], TRAILERS[plan["mode"]]):
+        raise CorruptBackupError(
+            f"the plain dump stream does not end with {TRAILERS[plan['mode']]!r}: the dump is "
+            "truncated or not a complete pg_dump/pg_dumpall output; nothing was kept"
+        )
+    stream["method"] = method
+    plan["stream"] = stream
+    return stream["sha256"], stream["size"]
+
+
 def build_manifest(plan, **facts):
     manifest = {
         "manifest_format": MANIFEST_FORMAT_VERSION,
@@ -1028,7 +1369,10 @@ def build_manifest(plan, **facts):
         "compression": plan["compression"],
         "database": plan["database"],
         "jobs": plan["jobs"],
+        "encryption": None,
     }
+    if plan.get("recipients"):
+        manifest["encryption"] = {"tool": "age", "recipients": list(plan["recipients"])}
     manifest.update(facts)
     return manifest
 
@@ -1070,6 +1414,14 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
         ]
     tools = {name: pg.client_version(name) for name in ("pg_dump", "pg_dumpall", "pg_restore")}
     tools["zstd"] = _zstd_version() if plan["compression"] == "zstd" else None
+    encrypted = {}
+    if plan["recipients"]:
+        tools["age"] = age_version()
+        stream = plan["stream"]
+        encrypted = {
+            "plaintext_sha256": stream["plaintext_sha256"],
+            "plaintext_size": stream["plaintext_size"],
+        }
     return build_manifest(
         plan,
         created=utc_now(),
@@ -1095,6 +1447,7 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
         ),
         verified=True,
         verify_method=method,
+        **encrypted,
     )
 
 
@@ -1129,13 +1482,22 @@ def run_backup(params, check_mode=False):
     info = pg.server_info(probe_db)  # fails early on password / database / connection problems
     if plan["compression"] == "zstd":
         find_binary("zstd")
+    if plan["recipients"]:
+        find_binary("age")
 
     def existing_result(manifest):
         result.update(
             manifest=manifest,
             sha256=manifest["sha256"],
             size=manifest["size"],
-            msg=f"backup {plan['path']} already exists and verifies ({manifest['verify_method']})",
+            msg=f"backup {plan['path']} already exists and verifies ("
+            + (
+                "sha256 of the age ciphertext matches the manifest; the plaintext was checked "
+                "when written: "
+                if manifest.get("encryption")
+                else ""
+            )
+            + f"{manifest['verify_method']})",
         )
         return result
 
@@ -1168,6 +1530,8 @@ def run_backup(params, check_mode=False):
                 return _dump_to(pg, plan, partial, session.snapshot)
 
         def verify(partial):
+            if plan["recipients"]:
+                return plan["stream"]["method"]  # checked while streaming (_dump_encrypted)
             return verify_archive(pg, partial, plan["format"], plan["mode"], plan["compression"])
 
         def before_publish(sha256, size, method):
@@ -1208,8 +1572,15 @@ def locate_manifest(path, manifest_path=None):
     return os.path.join(directory, manifest_name(label))
 
 
-def verify_backup(pg, path, manifest):
-    """Read-only checks of a backup file against its manifest; returns their report."""
+def verify_backup(pg, path, manifest, identity_file=None):
+    """Read-only checks of a backup file against its manifest; returns their report.
+
+    An encrypted backup (``manifest["encryption"]``) is checked by the sha256 of its
+    ciphertext, then decrypted (streaming, nothing written) with ``identity_file``: age
+    authenticates every chunk and the plaintext's sha256 must equal the manifest's.  The
+    plaintext is then exactly the bytes pg_backup checked (verify_method) before it
+    published the backup.
+    """
     checks = {}
     if not os.path.isfile(path):
         raise PgDockerError(f"backup file {path} does not exist: check the path option")
@@ -1229,6 +1600,9 @@ def verify_backup(pg, path, manifest):
             "restore another backup"
         )
     checks["sha256"] = sha256
+    if manifest.get("encryption"):
+        checks.update(_verify_plaintext(path, manifest, identity_file))
+        return checks
     try:
         checks["readable"] = verify_archive(
             pg, path, manifest["format"], manifest["mode"], manifest.get("compression", "none")
@@ -1241,6 +1615,59 @@ def verify_backup(pg, path, manifest):
     return checks
 
 
+def require_identity(manifest, identity_file, path):
+    """Fail unless an encrypted backup can be decrypted (an identity file is given)."""
+    encryption = manifest.get("encryption")
+    if not encryption:
+        return
+    if encryption.get("tool") != "age":
+        raise PgDockerError(
+            f"backup {path} is encrypted with {encryption.get('tool')!r}; only age is supported"
+        )
+    if not identity_file:
+        raise PgDockerError(
+            f"backup {path} is encrypted with age (recipients: "
+            f"{', '.join(encryption.get('recipients') or [])}): set decrypt_identity_file to the "
+            "age identity file of one of these recipients. Nothing was changed"
+        )
+    check_identity_file(identity_file)
+
+
+def _verify_plaintext(path, manifest, identity_file):
+    digest = hashlib.sha256()
+    size = 0
+    with decrypted(path, identity_file, f"backup {path}") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    want = (manifest.get("plaintext_sha256"), manifest.get("plaintext_size"))
+    if (digest.hexdigest(), size) != want:
+        raise CorruptBackupError(
+            f"backup {path} is corrupt: the decrypted content does not match the manifest "
+            f"(sha256 {digest.hexdigest()}, {size} bytes; manifest {want[0]}, {want[1]} bytes). "
+            "Nothing was changed; restore another backup"
+        )
+    return {
+        "plaintext_sha256": digest.hexdigest(),
+        "readable": (
+            "age decryption authenticated every chunk and the plaintext sha256 matches the "
+            "manifest; that plaintext was checked before publishing: "
+            f"{manifest.get('verify_method')}"
+        ),
+    }
+
+
+@contextlib.contextmanager
+def plaintext_of(path, manifest, identity_file):
+    """The dump's content as a readable binary stream (decrypted if it is encrypted)."""
+    if manifest.get("encryption"):
+        with decrypted(path, identity_file, f"backup {path}") as stream:
+            yield stream
+    else:
+        with open(path, "rb") as handle:
+            yield handle
+
+
 def _restore_into(pg, path, manifest, database, params):
     """Load a single-database dump into the existing, empty ``database``."""
     fmt = manifest["format"]
@@ -1249,14 +1676,15 @@ def _restore_into(pg, path, manifest, database, params):
     base = ["pg_restore", "--exit-on-error", *pg.conn_args(database)]
     if params.get("no_owner"):
         base.append("--no-owner")
+    identity = params.get("decrypt_identity_file")
     if fmt == "custom" and jobs == 1:
-        with open(path, "rb") as handle:
+        with plaintext_of(path, manifest, identity) as handle:
             pg.run(base, stdin=handle, timeout=None, context=context)
         return
     if fmt in ("custom", "directory"):
         tmp = pg.make_temp_dir()
         try:
-            with open(path, "rb") as handle:
+            with plaintext_of(path, manifest, identity) as handle:
                 if fmt == "custom":
                     target = f"{tmp}/dump"
                     pg.run(
@@ -1275,19 +1703,23 @@ def _restore_into(pg, path, manifest, database, params):
     # plain SQL through psql, decompressed on the host and streamed on stdin
     command = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *pg.conn_args(database), "-f", "-"]
     compression = manifest.get("compression") or "none"
-    if compression == "none":
-        with open(path, "rb") as handle:
+    with plaintext_of(path, manifest, identity) as handle:
+        if compression == "none":
             pg.run(command, stdin=handle, timeout=None, context=context)
-        return
-    _pipe_decompressed(pg, command, path, compression, context)
+        else:
+            _pipe_decompressed(pg, command, handle, compression, context)
 
 
-def _pipe_decompressed(pg, command, path, compression, context):
+def _pipe_decompressed(pg, command, source, compression, context):
+    """Decompress ``source`` (a readable binary stream) into ``command``'s stdin."""
     with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as zerr:
         feeder = None
         if compression == "zstd":
             feeder = subprocess.Popen(
-                [find_binary("zstd"), "-d", "-c", "-q", path], stdout=subprocess.PIPE, stderr=zerr
+                [find_binary("zstd"), "-d", "-c", "-q"],
+                stdin=source,
+                stdout=subprocess.PIPE,
+                stderr=zerr,
             )
             stdin = feeder.stdout
         else:
@@ -1304,13 +1736,12 @@ def _pipe_decompressed(pg, command, path, compression, context):
                 feeder.stdout.close()
             else:
                 decomp = zlib.decompressobj(wbits=31)
-                with open(path, "rb") as handle:
-                    try:
-                        while chunk := handle.read(CHUNK_SIZE):
-                            proc.stdin.write(decomp.decompress(chunk))
-                        proc.stdin.write(decomp.flush())
-                    except BrokenPipeError:
-                        pass  # psql stopped on an error; its status and stderr tell why
+                try:
+                    while chunk := source.read(CHUNK_SIZE):
+                        proc.stdin.write(decomp.decompress(chunk))
+                    proc.stdin.write(decomp.flush())
+                except BrokenPipeError:
+                    pass  # psql stopped on an error; its status and stderr tell why
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
             returncode = proc.wait()
@@ -1355,9 +1786,11 @@ def run_restore(params, check_mode=False):
         params.get("login_password"),
         params.get("docker_cli") or "docker",
     )
+    identity = params.get("decrypt_identity_file")
+    require_identity(manifest, identity, path)
     pg.check_running()
     pg.server_info(maintenance_db)  # connection, password and role problems show up here
-    checks = verify_backup(pg, path, manifest)
+    checks = verify_backup(pg, path, manifest, identity)
     marker = restore_marker(backup_id, manifest["sha256"])
     result = {
         "changed": False,

@@ -389,6 +389,187 @@ def test_gzip_plain_round_trip(pg, tmp_path):
         assert table_rows("shop_gz", table) == table_rows("shop", table)
 
 
+# --------------------------------------------------------------------------- encryption
+
+
+@pytest.fixture(scope="module")
+def age_keys(tmp_path_factory):
+    """Two real age identities (files) and their public keys, made with age-keygen."""
+    directory = tmp_path_factory.mktemp("age")
+    keys = {}
+    for name in ("ops", "other"):
+        identity = directory / f"{name}.txt"
+        made = subprocess.run(
+            ["age-keygen", "-o", str(identity)], capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, "install age (apt-get install age): " + made.stderr
+        public = subprocess.run(
+            ["age-keygen", "-y", str(identity)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        keys[name] = (str(identity), public)
+    return keys
+
+
+def secret_of(identity: str) -> str:
+    lines = Path(identity).read_text().splitlines()
+    return next(line for line in lines if line.startswith("AGE-SECRET-KEY-"))
+
+
+def test_encrypted_custom_round_trip_leaves_only_ciphertext(pg, age_keys, tmp_path):
+    identity, public = age_keys["ops"]
+    taken = backup(tmp_path, "e1", encrypt_recipients=[public], login_password=PASSWORD)
+    assert_ok(taken, changed=True)
+    path = Path(taken["path"])
+    assert path == tmp_path / "e1" / "shop.dump.age"
+    assert visible_files(tmp_path / "e1") == ["shop.dump.age", "shop.manifest.json"]
+    assert mode(path) == 0o600
+    data = path.read_bytes()
+    assert data.startswith(b"age-encryption.org/v1\n")
+    assert b"PGDMP" not in data
+    assert b"item 17" not in data
+    manifest = taken["manifest"]
+    assert manifest["encryption"] == {"tool": "age", "recipients": [public]}
+    assert manifest["sha256"] == sha256(path)
+    assert manifest["size"] == len(data)
+    assert manifest["plaintext_sha256"] != manifest["sha256"]
+    assert manifest["verify_method"].startswith("pg_restore -f /dev/null")
+    assert manifest["row_counts"] == SHOP_ROWS
+    plain = subprocess.run(
+        ["age", "-d", "-i", identity, str(path)], capture_output=True, check=True
+    ).stdout
+    assert plain.startswith(b"PGDMP")
+    assert hashlib.sha256(plain).hexdigest() == manifest["plaintext_sha256"]
+    again = backup(tmp_path, "e1", encrypt_recipients=[public])
+    assert_ok(again, changed=False)
+    assert sha256(path) == manifest["sha256"]
+
+    result = restore(str(path), "shop_enc", decrypt_identity_file=identity)
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == SHOP_ROWS
+    assert result["verification"]["backup"]["plaintext_sha256"] == manifest["plaintext_sha256"]
+    for table in ("items", "sales.orders", "empty_table"):
+        assert table_rows("shop_enc", table) == table_rows("shop", table)
+    assert secret_of(identity) not in json.dumps(result)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_encrypted_plain_round_trip(pg, age_keys, tmp_path, compression):
+    identity, public = age_keys["ops"]
+    _, other = age_keys["other"]
+    taken = backup(
+        tmp_path, "p1", format="plain", compression=compression, encrypt_recipients=[public, other]
+    )
+    assert_ok(taken, changed=True)
+    path = Path(taken["path"])
+    assert path.name.endswith(".age")
+    assert path.name.startswith("shop.sql")
+    data = path.read_bytes()
+    assert b"item 17" not in data
+    assert b"PostgreSQL database dump" not in data
+    assert taken["manifest"]["verify_method"].startswith("trailer")
+    assert taken["manifest"]["encryption"]["recipients"] == [public, other]
+    database = f"shop_plain_{compression}"
+    result = restore(str(path), database, decrypt_identity_file=identity, login_password=PASSWORD)
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == SHOP_ROWS
+    for table in ("items", "sales.orders"):
+        assert table_rows(database, table) == table_rows("shop", table)
+
+
+def test_encrypted_directory_round_trip(pg, age_keys, tmp_path):
+    identity, public = age_keys["ops"]
+    taken = backup(tmp_path, "d1", format="directory", jobs=2, encrypt_recipients=[public])
+    assert_ok(taken, changed=True)
+    assert taken["path"].endswith("/d1/shop.dir.tar.age")
+    assert b"ustar" not in Path(taken["path"]).read_bytes()
+    leftovers = docker("exec", CONTAINER, "sh", "-c", "ls -d /tmp/opsauto-pg.* 2>/dev/null")
+    assert leftovers.stdout.strip() == b""
+    result = restore(taken["path"], "shop_dir_enc", jobs=2, decrypt_identity_file=identity)
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == SHOP_ROWS
+
+
+@pytest.fixture(scope="module")
+def encrypted_live(pg, age_keys, tmp_path_factory):
+    """Database ``elive`` (a copy of shop) and its encrypted backup."""
+    _, public = age_keys["ops"]
+    psql("postgres", "CREATE DATABASE elive TEMPLATE shop;")
+    dest = tmp_path_factory.mktemp("enc")
+    taken = backup(dest, "l1", database="elive", encrypt_recipients=[public])
+    assert_ok(taken, changed=True)
+    psql("elive", "DELETE FROM sales.orders WHERE id > 10;")
+    return taken
+
+
+def live_state():
+    return table_rows("elive", "sales.orders"), databases()
+
+
+def test_encrypted_restore_without_identity_is_refused(encrypted_live):
+    before = live_state()
+    result = restore(encrypted_live["path"], "elive", mode="replace")
+    assert_failed(result, "encrypted with age", "decrypt_identity_file", "Nothing was changed")
+    checked = restore(encrypted_live["path"], "elive", mode="replace", check=True)
+    assert_failed(checked, "decrypt_identity_file")
+    assert live_state() == before
+
+
+def test_encrypted_restore_with_wrong_identity_is_refused(encrypted_live, age_keys):
+    before = live_state()
+    wrong, _ = age_keys["other"]
+    result = restore(encrypted_live["path"], "elive", mode="replace", decrypt_identity_file=wrong)
+    assert_failed(result, "no identity matched", wrong, "Nothing was changed")
+    assert secret_of(wrong) not in json.dumps(result)
+    assert live_state() == before
+
+
+def test_corrupted_ciphertext_is_refused(encrypted_live, age_keys, tmp_path):
+    identity, _ = age_keys["ops"]
+    source = Path(encrypted_live["path"])
+    manifest = json.loads(Path(encrypted_live["manifest_path"]).read_text())
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy_dir = tmp_path / "l1"
+    copy_dir.mkdir()
+    (copy_dir / source.name).write_bytes(bytes(data))
+    (copy_dir / "elive.manifest.json").write_text(json.dumps(manifest))
+    before = live_state()
+    result = restore(
+        str(copy_dir / source.name), "elive", mode="replace", decrypt_identity_file=identity
+    )
+    assert_failed(result, "corrupt", "sha256 check failed")
+    # a manifest rewritten to match the damaged file: age's authentication still refuses it
+    manifest.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (copy_dir / "elive.manifest.json").write_text(json.dumps(manifest))
+    result = restore(
+        str(copy_dir / source.name), "elive", mode="replace", decrypt_identity_file=identity
+    )
+    assert_failed(result, "corrupt", "age decryption failed")
+    assert live_state() == before
+
+
+def test_encrypted_replace_swaps_in_verified_copy(encrypted_live, age_keys):
+    identity, _ = age_keys["ops"]
+    result = restore(
+        encrypted_live["path"], "elive", mode="replace", decrypt_identity_file=identity
+    )
+    assert_ok(result, changed=True)
+    assert table_rows("elive", "sales.orders") == table_rows("shop", "sales.orders")
+    assert result["previous_database"] == "elive__pre_l1"
+    assert not [name for name in databases() if "__restore_" in name]
+
+
+def test_bad_recipient_is_refused_naming_it(pg, tmp_path, age_keys):
+    result = backup(tmp_path, "bad", encrypt_recipients=["age1notakey"])
+    assert_failed(result, "'age1notakey' is not an age public key")
+    identity, _ = age_keys["ops"]
+    secret = secret_of(identity)
+    result = backup(tmp_path, "bad", encrypt_recipients=[secret])
+    assert_failed(result, "age identity (a secret key")
+    assert secret not in result["msg"]
+    assert visible_files(tmp_path / "bad") == []
+
+
 # --------------------------------------------------------------------------- failures
 
 
