@@ -1,0 +1,238 @@
+#!/usr/bin/python
+"""Ansible module: zero-downtime rollout of a Docker Compose service behind nginx."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: compose_rollout
+short_description: Roll a Docker Compose service out behind nginx without dropping a request
+description:
+  - Converges one service of a Docker Compose v2 project (the backend behind nginx) to its
+    compose files, the way docker-rollout and Kamal do it, in one task.
+  - "O(action=rollout): reads the service's desired config hash (C(docker compose config --hash))
+    and replica count; keeps the running containers that are up to date and not unhealthy
+    (oldest first); starts the missing ones next to the old ones
+    (C(up --no-deps --no-recreate --scale)); waits until every new container is healthy; writes
+    an nginx upstream of only the containers that stay, checks it with C(nginx -t) and reloads
+    nginx gracefully; waits O(drain_seconds); stops the old containers (SIGTERM, each with its
+    stop grace period, all at once) and removes them; finally writes the upstream back to the
+    service's name (every replica) and reloads nginx again."
+  - A new container that exits or turns unhealthy, or is still starting after
+    O(health_timeout) seconds, is removed again before nginx ever routes to it; the old
+    containers never stopped serving. The module fails naming the containers, their state,
+    the last health check output, the last log line and, when the kernel killed it for lack
+    of memory, that the memory limit must be raised.
+  - Whatever fails after nginx was pointed at an explicit list of containers, the upstream is
+    written back to the service name and nginx reloaded before the module returns.
+  - O(action=upstream) only writes the every-replica upstream (and reloads nginx when it runs
+    and the file changed); O(action=reload) only checks and reloads nginx (nginx resolves the
+    service's replicas when it loads its configuration).
+  - Idempotent. A service that is up to date is reported C(changed=false) and nothing is touched.
+    Check mode reports the plan without starting, stopping or writing anything; diff mode shows
+    the containers before and after (or the upstream file for O(action=upstream)).
+  - Runs the docker CLI on the managed host (the engine and compose plugin operators use); no
+    credentials are read (C(docker compose config) runs with C(--no-interpolate)).
+author:
+  - Operations automation team
+options:
+  project_dir:
+    description: Directory with the project's compose files (compose.yaml, compose.override.yaml).
+    type: path
+    required: true
+  project_name:
+    description: Compose project name.
+    type: str
+    required: true
+  service:
+    description: The service to roll out; it must have a health check for the rollout to be gated.
+    type: str
+    default: backend
+  action:
+    description: What to do, see the description.
+    type: str
+    choices: [rollout, upstream, reload]
+    default: rollout
+  replace_all:
+    description: Replace every container, even the up-to-date ones (a rolling restart).
+    type: bool
+    default: false
+  health_timeout:
+    description: Seconds to wait for the new containers to become healthy.
+    type: int
+    default: 120
+  drain_seconds:
+    description: Seconds between taking old containers out of nginx and stopping them.
+    type: float
+    default: 2
+  poll_interval:
+    description: Seconds between two looks at the new containers' health.
+    type: float
+    default: 0.25
+  nginx_service:
+    description: Compose service of the nginx in front of O(service).
+    type: str
+    default: nginx
+  nginx_conf:
+    description: Path of nginx's main configuration file inside the nginx container.
+    type: str
+    default: /etc/nginx/opsauto/nginx.conf
+  upstream_path:
+    description:
+      - Path on the host of the file with the upstream's C(server) lines, included by the
+        nginx configuration (its directory is mounted into the nginx container, so the
+        atomic rename of a rewrite is seen at once). Written with mode C(0644).
+    type: path
+    required: true
+  upstream_port:
+    description: Port of O(service) inside its containers.
+    type: int
+    required: true
+  docker_cli:
+    description: Name or path of the docker CLI on the managed host.
+    type: str
+    default: docker
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+notes:
+  - The rollback, deploy, restart (rolling) and scale roles all switch the backend through this
+    module; the reference compose project gives the backend a 2 s health check interval, so a
+    new release serves a few seconds after the module starts.
+"""
+
+EXAMPLES = r"""
+- name: Roll the backend out to what compose.yaml now says, without downtime
+  compose_rollout:
+    project_dir: /srv/fastapi-monolith
+    project_name: fastapi-monolith
+    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
+    upstream_port: 8000
+  register: rollout
+
+- name: Rolling restart (every replica replaced, one health-gated switch)
+  compose_rollout:
+    project_dir: /srv/fastapi-monolith
+    project_name: fastapi-monolith
+    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
+    upstream_port: 8000
+    replace_all: true
+
+- name: Let nginx resolve the backend replicas again
+  compose_rollout:
+    project_dir: /srv/fastapi-monolith
+    project_name: fastapi-monolith
+    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
+    upstream_port: 8000
+    action: reload
+"""
+
+RETURN = r"""
+service:
+  description: The service rolled out.
+  returned: action is rollout
+  type: str
+  sample: backend
+replicas:
+  description: Replica count the compose files ask for.
+  returned: action is rollout
+  type: int
+  sample: 2
+desired_hash:
+  description: The service's config hash from the compose files.
+  returned: action is rollout
+  type: str
+before:
+  description: Containers of the service before the rollout (any state), oldest first.
+  returned: action is rollout
+  type: list
+  elements: str
+  sample: [fastapi-monolith-backend-1, fastapi-monolith-backend-2]
+kept:
+  description: Up-to-date containers that stayed.
+  returned: action is rollout
+  type: list
+  elements: str
+started:
+  description: Containers started (and found healthy).
+  returned: action is rollout
+  type: list
+  elements: str
+  sample: [fastapi-monolith-backend-3, fastapi-monolith-backend-4]
+removed:
+  description: Containers stopped and removed (or that would be, in check mode).
+  returned: action is rollout
+  type: list
+  elements: str
+nginx_reloaded:
+  description: Whether nginx was reloaded after the upstream file changed.
+  returned: action is upstream
+  type: bool
+events:
+  description: Timeline of the rollout, seconds since the module started and what happened.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {t: 1.21, event: "started fastapi-monolith-backend-3"}
+    - {t: 3.65, event: "nginx reloaded"}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.compose_rollout import Rollout, RolloutError
+
+ARGUMENT_SPEC = {
+    "project_dir": {"type": "path", "required": True},
+    "project_name": {"type": "str", "required": True},
+    "service": {"type": "str", "default": "backend"},
+    "action": {"type": "str", "choices": ["rollout", "upstream", "reload"], "default": "rollout"},
+    "replace_all": {"type": "bool", "default": False},
+    "health_timeout": {"type": "int", "default": 120},
+    "drain_seconds": {"type": "float", "default": 2},
+    "poll_interval": {"type": "float", "default": 0.25},
+    "nginx_service": {"type": "str", "default": "nginx"},
+    "nginx_conf": {"type": "str", "default": "/etc/nginx/opsauto/nginx.conf"},
+    "upstream_path": {"type": "path", "required": True},
+    "upstream_port": {"type": "int", "required": True},
+    "docker_cli": {"type": "str", "default": "docker"},
+}
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    for name in ("health_timeout", "drain_seconds", "poll_interval"):
+        if params[name] < 0:
+            module.fail_json(msg=f"{name} must be 0 or more, got {params[name]}")
+    docker = module.get_bin_path(params["docker_cli"])
+    if docker is None:
+        module.fail_json(
+            msg=f"{params['docker_cli']} not found on the managed host: install the Docker CLI "
+            "and compose plugin, or set docker_cli to its path"
+        )
+    params = dict(params, docker_cli=docker)
+
+    def run(argv, data=None):
+        return module.run_command(argv, data=data)
+
+    rollout = Rollout(run, params, check_mode=module.check_mode)
+    try:
+        result = getattr(rollout, params["action"])()
+    except RolloutError as exc:
+        module.fail_json(msg=str(exc), events=rollout.events)
+    except OSError as exc:
+        module.fail_json(
+            msg=f"{params['action']} of {params['service']} failed: {exc}", events=rollout.events
+        )
+    result["events"] = rollout.events
+    if module._diff and result["changed"]:
+        result["diff"] = rollout.diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

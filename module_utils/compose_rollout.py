@@ -1,0 +1,344 @@
+# Zero-downtime rollout of one Docker Compose service behind nginx, in one process.
+#
+# Used by library/compose_rollout.py. Everything goes through the docker CLI (the same
+# engine and compose plugin an operator uses); `run` is a callable like
+# AnsibleModule.run_command: run(argv, data=None) -> (rc, stdout, stderr).
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+HASH_LABEL = "com.docker.compose.config-hash"
+
+UPSTREAM_HEADER = (
+    "# Managed by opsauto (compose_rollout module); rewritten during every rollout.\n"
+    "# Servers of the {service} upstream, included by nginx.conf. nginx resolves these\n"
+    "# names when it (re)loads its configuration.\n"
+)
+
+
+class RolloutError(Exception):
+    """A step failed; the message says what happened and what still serves."""
+
+
+def upstream_text(service, port, servers=()):
+    """The nginx upstream body: explicit containers during a rollout, else the service name."""
+    lines = [UPSTREAM_HEADER.format(service=service)]
+    if servers:
+        lines.append("# A rollout is in progress: only these replicas get new requests.\n")
+        lines.extend(f"server {name}:{port} max_fails=1 fail_timeout=5s;\n" for name in servers)
+    else:
+        lines.append("# Every replica: Docker's DNS returns one address per container.\n")
+        lines.append(f"server {service}:{port} max_fails=1 fail_timeout=5s;\n")
+    return "".join(lines)
+
+
+def created_key(container):
+    """Sort key for Docker's RFC 3339 'Created' (the fraction has a variable length)."""
+    stamp = container.get("Created", "")
+    head, _, frac = stamp.partition(".")
+    digits = "".join(ch for ch in frac if ch.isdigit())
+    return (head, digits.ljust(9, "0"))
+
+
+def health_of(container):
+    """'healthy', 'unhealthy', 'starting', or 'none' when the image has no health check."""
+    return ((container.get("State") or {}).get("Health") or {}).get("Status") or "none"
+
+
+def plan(containers, desired_hash, replicas, replace_all=False):
+    """Which containers stay, which go, how many must start.
+
+    Up to date = running, not unhealthy, created from the desired config; the oldest
+    up-to-date containers are kept (they have served longest).
+    """
+    ordered = sorted(containers, key=created_key)
+    names = [c["Name"].lstrip("/") for c in ordered]
+    fresh = [
+        c["Name"].lstrip("/")
+        for c in ordered
+        if not replace_all
+        and c["State"]["Status"] == "running"
+        and health_of(c) != "unhealthy"
+        and (c["Config"].get("Labels") or {}).get(HASH_LABEL) == desired_hash
+    ]
+    keep = fresh[:replicas]
+    return {
+        "before": names,
+        "keep": keep,
+        "remove": [name for name in names if name not in keep],
+        "missing": max(replicas - len(fresh), 0),
+    }
+
+
+class Rollout:
+    def __init__(self, run, params, check_mode=False, sleep=time.sleep, clock=time.monotonic):
+        self.run = run
+        self.p = params
+        self.check_mode = check_mode
+        self.sleep = sleep
+        self.clock = clock
+        self.docker = params.get("docker_cli") or "docker"
+        self.events = []  # (seconds since start, what happened): the operator's timeline
+        self.diff = {"before": "", "after": ""}
+        self.upstream_diff = {"before": "", "after": ""}
+        self.started = clock()
+
+    # ------------------------------------------------------------------ helpers
+    def note(self, what):
+        self.events.append({"t": round(self.clock() - self.started, 2), "event": what})
+
+    def cmd(self, argv, what, data=None, check=True):
+        rc, out, err = self.run(argv, data=data)
+        if check and rc != 0:
+            detail = (err or out or "").strip().splitlines()
+            last = detail[-1] if detail else "no output"
+            raise RolloutError(f"{what} failed (exit {rc}): {last}")
+        return rc, out, err
+
+    def compose(self, *args, what):
+        argv = [self.docker, "compose", "--project-directory", self.p["project_dir"]]
+        argv += ["-p", self.p["project_name"], *args]
+        return self.cmd(argv, what)[1]
+
+    def containers(self, service, running_only=False):
+        argv = [self.docker, "ps", "-q", "--no-trunc"]
+        if not running_only:
+            argv.append("-a")
+        argv += ["--filter", f"label={PROJECT_LABEL}={self.p['project_name']}"]
+        argv += ["--filter", f"label={SERVICE_LABEL}={service}"]
+        ids = self.cmd(argv, f"listing the {service} containers")[1].split()
+        return self.inspect(ids)
+
+    def inspect(self, ids):
+        if not ids:
+            return []
+        rc, out, _ = self.cmd([self.docker, "inspect", *ids], "docker inspect", check=False)
+        # A container removed between ps and inspect makes inspect exit 1 but still print the rest.
+        try:
+            return json.loads(out or "[]")
+        except ValueError as exc:
+            raise RolloutError(f"docker inspect returned no JSON (exit {rc})") from exc
+
+    # ------------------------------------------------------------------ desired state
+    def desired(self):
+        service = self.p["service"]
+        out = self.compose("config", "--hash", service, what="docker compose config --hash")
+        fields = out.split()
+        if len(fields) < 2:
+            raise RolloutError(f"service {service} is not defined in {self.p['project_dir']}")
+        # --no-interpolate keeps the credentials from .env out of this process's data.
+        config = json.loads(
+            self.compose(
+                "config", "--no-interpolate", "--format", "json", what="docker compose config"
+            )
+        )
+        deploy = (config.get("services", {}).get(service) or {}).get("deploy") or {}
+        return fields[-1], int(deploy.get("replicas") or 1)
+
+    # ------------------------------------------------------------------ nginx
+    def write_upstream(self, servers):
+        """Write the upstream file if its text differs; returns True when it was rewritten."""
+        path = self.p["upstream_path"]
+        text = upstream_text(self.p["service"], self.p["upstream_port"], servers)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            current = None
+        self.upstream_diff = {"before": current or "", "after": text}
+        if current == text:
+            return False
+        if self.check_mode:
+            return True
+        directory = os.path.dirname(path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".upstream-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)  # nginx mounts the directory: the rename is seen at once
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return True
+
+    def reload_nginx(self):
+        """nginx -t, then a graceful reload; False when nginx does not run (yet)."""
+        running = self.containers(self.p["nginx_service"], running_only=True)
+        if not running or self.check_mode:
+            return bool(running)
+        container = running[0]["Id"]
+        conf = self.p["nginx_conf"]
+        rc, out, err = self.run([self.docker, "exec", container, "nginx", "-t", "-q", "-c", conf])
+        if rc != 0:
+            raise RolloutError(
+                "nginx -t rejected the configuration, nginx was not reloaded: "
+                f"{(err or out).strip()}"
+            )
+        self.cmd(
+            [self.docker, "exec", container, "nginx", "-c", conf, "-s", "reload"], "nginx reload"
+        )
+        self.note("nginx reloaded")
+        return True
+
+    def route(self, servers):
+        changed = self.write_upstream(servers)
+        reloaded = self.reload_nginx() if changed else False
+        return changed, reloaded
+
+    # ------------------------------------------------------------------ rollout steps
+    def start_missing(self, before, count):
+        service = self.p["service"]
+        self.compose(
+            "up", "--detach", "--no-deps", "--no-recreate", "--no-build", "--pull", "never",
+            "--scale", f"{service}={len(before) + count}", service,
+            what=f"starting {count} new {service} container(s)",
+        )  # fmt: skip
+        names = [c["Name"].lstrip("/") for c in self.containers(service)]
+        new = sorted(name for name in names if name not in before)
+        self.note(f"started {', '.join(new) or 'nothing'}")
+        return new
+
+    def wait_healthy(self, names):
+        """Poll until every container is healthy or has failed; returns the failed ones' states."""
+        deadline = self.clock() + float(self.p["health_timeout"])
+        states = {}
+        while True:
+            states = {c["Name"].lstrip("/"): c for c in self.inspect(names)}
+            pending = [
+                n
+                for n in names
+                if n in states
+                and states[n]["State"]["Status"] == "running"
+                and health_of(states[n]) == "starting"
+            ]
+            if not pending or self.clock() >= deadline:
+                break
+            self.sleep(float(self.p["poll_interval"]))
+        sick = {}
+        for name in names:
+            info = states.get(name)
+            if info is None:
+                sick[name] = {"status": "gone"}
+            elif info["State"]["Status"] != "running" or health_of(info) not in ("healthy", "none"):
+                sick[name] = info
+        if not sick:
+            self.note(f"healthy: {', '.join(names)}")
+        return sick
+
+    def abort(self, new, sick, before):
+        """New containers failed: collect the evidence, remove them, explain."""
+        parts, oom, health_out, last_log = [], False, "none", "none"
+        for name in new:
+            info = sick.get(name)
+            if info is None or "State" not in info:
+                parts.append(f"{name} {'healthy' if info is None else info['status']}")
+                continue
+            state = info["State"]
+            parts.append(f"{name} {state['Status']} {health_of(info)}")
+            oom = oom or bool(state.get("OOMKilled"))
+            log = (state.get("Health") or {}).get("Log") or []
+            if log:
+                health_out = (log[-1].get("Output") or "").strip()[:200] or health_out
+            _, out, err = self.run([self.docker, "logs", "--tail", "5", name])
+            lines = (err or out or "").strip().splitlines()
+            if lines:
+                last_log = lines[-1][:300]
+        if new:
+            self.run([self.docker, "rm", "--force", *new])
+        self.note(f"removed the failed container(s) {', '.join(new)}")
+        message = (
+            f"Rollout of {self.p['service']} in {self.p['project_name']} stopped: the new "
+            f"container(s) {', '.join(new)} did not become healthy within "
+            f"{self.p['health_timeout']} s ({'; '.join(parts)}). They were removed; the old "
+            f"containers {', '.join(before) or 'none'} kept serving."
+        )
+        if oom:
+            message += (
+                " A container was killed for lack of memory (OOMKilled): raise its memory limit."
+            )
+        message += f" Last health check output: {health_out}. Last log line: {last_log}"
+        raise RolloutError(message)
+
+    def retire(self, keep, new, remove):
+        """Route to the containers that stay, drain, stop and remove the others."""
+        try:
+            self.route(keep + new)
+            self.note(f"nginx routes to {', '.join(keep + new)}")
+            drain = float(self.p["drain_seconds"])
+            if drain > 0:
+                self.sleep(drain)
+            # One `docker stop` stops them in parallel, each with its stop_grace_period.
+            self.cmd([self.docker, "stop", *remove], "stopping the old containers")
+            self.cmd([self.docker, "rm", *remove], "removing the old containers")
+            self.note(f"stopped and removed {', '.join(remove)}")
+        finally:
+            # Whatever happened, nginx goes back to resolving every replica by name.
+            self.route([])
+
+    # ------------------------------------------------------------------ entry points
+    def rollout(self):
+        desired_hash, replicas = self.desired()
+        containers = self.containers(self.p["service"])
+        steps = plan(containers, desired_hash, replicas, self.p["replace_all"])
+        before, keep, remove, missing = (steps[k] for k in ("before", "keep", "remove", "missing"))
+        result = {
+            "service": self.p["service"],
+            "replicas": replicas,
+            "desired_hash": desired_hash,
+            "before": before,
+            "kept": keep,
+            "started": [],
+            "removed": remove,
+            "changed": bool(missing or remove),
+        }
+        self.diff = {
+            "before": "".join(f"{n}\n" for n in before),
+            "after": "".join(f"{n}\n" for n in keep)
+            + "".join(f"(new {self.p['service']} container {i + 1})\n" for i in range(missing)),
+        }
+        if self.check_mode or not result["changed"]:
+            return result
+        new = []
+        if missing:
+            try:
+                new = self.start_missing(before, missing)
+            except RolloutError as exc:
+                # compose may have created some containers before it failed: remove them.
+                partial = [
+                    c["Name"].lstrip("/")
+                    for c in self.containers(self.p["service"])
+                    if c["Name"].lstrip("/") not in before
+                ]
+                if partial:
+                    self.run([self.docker, "rm", "--force", *partial])
+                raise RolloutError(
+                    f"{exc}. Removed: {', '.join(partial) or 'nothing'}; the old containers "
+                    f"{', '.join(before) or 'none'} kept serving."
+                ) from exc
+            result["started"] = new
+            sick = self.wait_healthy(new)
+            if sick:
+                self.abort(new, sick, before)
+        if remove:
+            self.retire(keep, new, remove)
+        else:
+            self.reload_nginx()  # nginx resolves the service name again, new replicas included
+        result["kept"] = keep
+        return result
+
+    def upstream(self):
+        changed, reloaded = self.route([])
+        self.diff = self.upstream_diff
+        return {"changed": changed, "nginx_reloaded": reloaded}
+
+    def reload(self):
+        return {"changed": self.reload_nginx() and not self.check_mode}
