@@ -154,6 +154,47 @@ def test_corrupted_backup_is_refused_before_touching_the_database(stack, tmp_pat
     assert psql_exec("SELECT count(*) FROM notes") == "400"  # live database untouched
 
 
+def test_encrypted_set_backup_then_replace_restore(stack, tmp_path):
+    identity = tmp_path / "age-identity.txt"
+    run(["age-keygen", "-o", str(identity)])
+    public = run(["age-keygen", "-y", str(identity)]).stdout.strip()
+    assert public.startswith("age1"), "install age (apt-get install age)"
+    backed_up = psql_exec("SELECT count(*) FROM notes")
+    result, failures = play(
+        stack, tmp_path / "a", "backup.yml", backup_id="it-enc", backup_encrypt_recipients=[public]
+    )
+    assert result.rc == 0, failures
+    set_dir = stack[0] / "backups" / "it-enc"
+    meta = json.loads((set_dir / "SET.json").read_text())
+    assert meta["verified"] is True
+    assert sorted(d["file"] for d in meta["dumps"]) == ["appdb.dump.age", "globals.sql.age"]
+    assert all(d["encryption"]["recipients"] == [public] for d in meta["dumps"])
+    assert b"note 42" not in (set_dir / "appdb.dump.age").read_bytes()
+    assert "config/env.age" in meta["config"]
+    assert not (set_dir / "config" / "env.masked").exists()
+    env_age = set_dir / "config" / "env.age"
+    assert PASSWORD.encode() not in env_age.read_bytes()
+    env = run(["age", "-d", "-i", str(identity), str(env_age)])
+    assert PASSWORD in env.stdout  # kept whole, since only ciphertext is on disk
+
+    psql_exec("DELETE FROM notes WHERE id > 20")
+    replace = {
+        "restore_backup_id": "it-enc",
+        "restore_mode": "replace",
+        "restore_confirm": "appdb",
+    }
+    result, failures = play(stack, tmp_path / "b", "restore.yml", **replace)
+    assert result.rc != 0
+    assert "decrypt_identity_file" in " ".join(failures)
+    assert psql_exec("SELECT count(*) FROM notes") == "20"  # live database untouched
+    result, failures = play(
+        stack, tmp_path / "c", "restore.yml", restore_decrypt_identity_file=str(identity), **replace
+    )
+    assert result.rc == 0, failures
+    assert psql_exec("SELECT count(*) FROM notes") == backed_up
+    assert "AGE-SECRET-KEY" not in json.dumps([e.get("event_data") for e in result.events])
+
+
 def test_restore_drill_restores_into_a_throwaway_container(stack, tmp_path):
     result, failures = play(
         stack, tmp_path, "restore_drill.yml",
