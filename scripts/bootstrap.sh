@@ -90,7 +90,7 @@ step_engine() {
     "start Docker (systemctl start docker) or re-run as root so the script can install and start docker.io"
   if ! command -v dockerd >/dev/null; then
     log "engine: installing docker.io from Debian"
-    apt_install docker.io iptables ca-certificates
+    apt_install docker.io iptables ca-certificates age
   fi
   if pgrep -x dockerd >/dev/null; then
     log "engine: dockerd is running but not answering yet; waiting"
