@@ -290,7 +290,8 @@ manifest:
     verified: true
     verify_method: pg_restore --list (custom archive read from stdin in the container)
 sha256:
-  description: sha256 of the dump file, the ciphertext when encrypted (V(null) in check mode when the backup does not exist).
+  description: sha256 of the dump file, the ciphertext when encrypted (V(null) in check mode when
+    the backup does not exist).
   returned: always
   type: str
 size:
