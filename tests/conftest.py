@@ -62,8 +62,14 @@ def docker_ready() -> None:
     )
 
 
-def run_playbook(private_dir: Path, playbook: str, extravars: dict, timeout: int = 900):
+def run_playbook(
+    private_dir: Path, playbook: str, extravars: dict, timeout: int = 900, cmdline: str = ""
+):
     """Run playbooks/<playbook> on the local inventory through ansible-runner, as AWX does.
+
+    cmdline: extra ansible-playbook options (e.g. "--check --diff", as an AWX job template's
+    check job type). ansible-runner keeps it in private_dir: give a later run without it a
+    private_dir of its own.
 
     Returns (runner result, messages of the failed tasks).
     """
@@ -83,6 +89,7 @@ def run_playbook(private_dir: Path, playbook: str, extravars: dict, timeout: int
         },
         quiet=True,
         timeout=timeout,
+        cmdline=cmdline or None,
     )
     failures = [
         e["event_data"]["res"].get("msg", "")

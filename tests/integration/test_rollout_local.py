@@ -29,7 +29,7 @@ def project_dir(tmp_path_factory, docker_ready):
     )
 
 
-def play(tmp_path, project_dir, playbook, **extravars):
+def play(tmp_path, project_dir, playbook, cmdline="", **extravars):
     """Run playbooks/<playbook>.yml through ansible-runner; return (runner, failure messages)."""
     variables = {
         "stack_project_name": PROJECT,
@@ -41,7 +41,7 @@ def play(tmp_path, project_dir, playbook, **extravars):
         "deploy_health_timeout": 60,
     }
     variables.update(extravars)
-    return run_playbook(tmp_path, f"{playbook}.yml", variables)
+    return run_playbook(tmp_path, f"{playbook}.yml", variables, cmdline=cmdline)
 
 
 def version() -> str:
@@ -113,6 +113,42 @@ def test_restart_of_an_unknown_service_is_refused(tmp_path, stack):
     message = refused(tmp_path, stack, "restart", restart_services=["backend", "worker"])
     assert "unknown service(s) worker" in message
     assert "db, backend, prometheus, nginx" in message
+
+
+def state(name: str) -> str:
+    fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+    return run(["docker", "inspect", "-f", fmt, name]).stdout.strip()
+
+
+def test_restart_check_mode_reports_a_stopped_replica_then_restart_brings_it_back(tmp_path, stack):
+    replica = sorted(name for name in containers() if "-backend-" in name)[0]
+    run(["docker", "stop", "-t", "2", replica])
+    # restart_services as a string, the way `-e restart_services=backend` passes it
+    result, failures = play(
+        tmp_path, stack, "restart", cmdline="--check", restart_services="backend"
+    )
+    assert result.rc == 0, failures
+    assert state(replica).startswith("exited")  # check mode touched nothing
+    would = [
+        e["event_data"]["res"]
+        for e in result.events
+        if e.get("event") == "runner_on_ok"
+        and "Would restart" in str(e["event_data"]["res"].get("msg"))
+    ]
+    assert would
+    assert would[0]["changed"]
+    assert replica in would[0]["msg"]
+
+    result, failures = play(tmp_path / "real", stack, "restart", restart_services="backend")
+    assert result.rc == 0, failures
+    restarted = [
+        e["event_data"]["res"].get("item")
+        for e in result.events
+        if e.get("event") == "runner_item_on_ok" and e["event_data"]["res"].get("changed")
+    ]
+    assert replica in restarted
+    assert state(replica) == "running healthy"
+    assert version() == "1.1.0"
 
 
 def test_rollback_to_the_previous_good_release_from_the_ledger(tmp_path, stack):
