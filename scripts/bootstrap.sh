@@ -81,6 +81,17 @@ start_dockerd() {
   die "dockerd did not answer within 60 s" "read $DOCKERD_LOG"
 }
 
+# ----------------------------------------------------------- host tools (tests)
+# age encrypts backups (roles/backup with backup_encrypt_recipients); the tests use it on
+# this machine, whether or not Docker was already installed.
+step_host_tools() {
+  if command -v age >/dev/null && command -v age-keygen >/dev/null; then
+    return
+  fi
+  log "tools: installing age from Debian"
+  apt_install age
+}
+
 step_engine() {
   if docker info >/dev/null 2>&1; then
     log "engine: Docker $(docker version -f '{{.Server.Version}}') answers"
@@ -90,7 +101,7 @@ step_engine() {
     "start Docker (systemctl start docker) or re-run as root so the script can install and start docker.io"
   if ! command -v dockerd >/dev/null; then
     log "engine: installing docker.io from Debian"
-    apt_install docker.io iptables ca-certificates age
+    apt_install docker.io iptables ca-certificates
   fi
   if pgrep -x dockerd >/dev/null; then
     log "engine: dockerd is running but not answering yet; waiting"
@@ -220,6 +231,7 @@ step_dockerhost_image() {
 main() {
   local t0=$SECONDS
   step_venv
+  step_host_tools
   step_engine
   step_compose
   step_base_image
