@@ -264,7 +264,9 @@ manifest:
     - Keys, C(manifest_format), C(backup_id), C(label), C(file), C(created) (UTC ISO 8601),
       C(mode), C(format), C(compression), C(database), C(databases), C(jobs), C(container),
       C(server_version), C(pg_dump_version), C(tools) (client versions), C(snapshot), C(size),
-      C(sha256), C(duration_seconds), C(row_counts) (C(schema.table) to exact rows),
+      C(sha256), C(duration_seconds), C(timings) (C(dump_seconds), from the start until the dump
+      stream ended, and C(verify_seconds), the readability check after it), C(row_counts)
+      (C(schema.table) to exact rows, counted while the dump streams, in its snapshot),
       C(row_counts_scope), C(database_encoding), C(verified) (always V(true)), C(verify_method),
       C(encryption) (V(null), or C(tool) V(age) and its C(recipients)).
     - Encrypted dumps also have C(plaintext_sha256) and C(plaintext_size); C(sha256) and C(size)
@@ -286,6 +288,7 @@ manifest:
     size: 48213
     sha256: 9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d
     duration_seconds: 0.84
+    timings: {dump_seconds: 0.61, verify_seconds: 0.12}
     row_counts: {public.items: 120, public.users: 12}
     verified: true
     verify_method: pg_restore --list (custom archive read from stdin in the container)

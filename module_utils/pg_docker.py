@@ -990,6 +990,31 @@ class PgContainer:
                 self.run(["rm", "-rf", "--", path], timeout=300)
 
 
+class Background:
+    """Run ``func`` in a thread while the dump streams; :meth:`result` re-raises its error."""
+
+    def __init__(self, func):
+        self._value = None
+        self._error = None
+        self._thread = threading.Thread(target=self._run, args=(func,), daemon=True)
+        self._thread.start()
+
+    def _run(self, func):
+        try:
+            self._value = func()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def join(self):
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class SnapshotSession:
     """A psql session in a REPEATABLE READ transaction that exports its snapshot.
 
@@ -1412,8 +1437,7 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
                 plan["database"] or "postgres",
             )
         ]
-    tools = {name: pg.client_version(name) for name in ("pg_dump", "pg_dumpall", "pg_restore")}
-    tools["zstd"] = _zstd_version() if plan["compression"] == "zstd" else None
+    tools = state.get("tools") or _tool_versions(pg, plan)
     encrypted = {}
     if plan["recipients"]:
         tools["age"] = age_version()
@@ -1434,6 +1458,9 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
         size=size,
         sha256=sha256,
         duration_seconds=round(time.monotonic() - started, 3),
+        # dump_seconds: from the start until the dump stream ended (row counts and tool
+        # versions were read meanwhile); verify_seconds: the readability check after it.
+        timings=dict(state.get("timings") or {}),
         row_counts=state["row_counts"],
         row_counts_scope=(
             "exact, same snapshot as the dump"
@@ -1449,6 +1476,12 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
         verify_method=method,
         **encrypted,
     )
+
+
+def _tool_versions(pg, plan):
+    tools = {name: pg.client_version(name) for name in ("pg_dump", "pg_dumpall", "pg_restore")}
+    tools["zstd"] = _zstd_version() if plan["compression"] == "zstd" else None
+    return tools
 
 
 def _zstd_version():
@@ -1519,20 +1552,40 @@ def run_backup(params, check_mode=False):
         if manifest is not None:
             return existing_result(manifest)
         started = time.monotonic()
-        state = {"snapshot": None, "row_counts": {}}
+        state = {"snapshot": None, "row_counts": {}, "timings": {}}
 
         def write(partial):
-            if plan["mode"] != "database":
-                return _dump_to(pg, plan, partial, None)
-            with SnapshotSession(pg, plan["database"]) as session:
-                state["snapshot"] = session.snapshot
-                state["row_counts"] = session.row_counts()
-                return _dump_to(pg, plan, partial, session.snapshot)
+            # The tool versions (docker execs) and the exact row counts (in the dump's own
+            # snapshot, on the session that exported it) are read while the dump streams.
+            tools = Background(lambda: _tool_versions(pg, plan))
+            try:
+                if plan["mode"] != "database":
+                    out = _dump_to(pg, plan, partial, None)
+                else:
+                    with SnapshotSession(pg, plan["database"]) as session:
+                        state["snapshot"] = session.snapshot
+                        counter = Background(session.row_counts)
+                        try:
+                            out = _dump_to(pg, plan, partial, session.snapshot)
+                        finally:
+                            counter.join()  # the session closes only after counting
+                        state["row_counts"] = counter.result()
+                state["tools"] = tools.result()
+            finally:
+                tools.join()
+            state["timings"]["dump_seconds"] = round(time.monotonic() - started, 3)
+            return out
 
         def verify(partial):
+            begun = time.monotonic()
             if plan["recipients"]:
-                return plan["stream"]["method"]  # checked while streaming (_dump_encrypted)
-            return verify_archive(pg, partial, plan["format"], plan["mode"], plan["compression"])
+                method = plan["stream"]["method"]  # checked while streaming (_dump_encrypted)
+            else:
+                method = verify_archive(
+                    pg, partial, plan["format"], plan["mode"], plan["compression"]
+                )
+            state["timings"]["verify_seconds"] = round(time.monotonic() - begun, 3)
+            return method
 
         def before_publish(sha256, size, method):
             manifest = _backup_manifest(pg, plan, info, state, sha256, size, method, started)

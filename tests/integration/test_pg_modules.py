@@ -220,6 +220,10 @@ def test_backup_writes_verified_private_files(shop_backup):
     assert manifest["sha256"] == sha256(path) == result["sha256"]
     assert manifest["size"] == path.stat().st_size
     assert manifest["row_counts"] == SHOP_ROWS
+    assert manifest["tools"]["pg_dump"].startswith("15")
+    timings = manifest["timings"]
+    assert 0 < timings["dump_seconds"] <= manifest["duration_seconds"]
+    assert 0 < timings["verify_seconds"] <= manifest["duration_seconds"]
     assert manifest["verified"] is True
     assert manifest["format"] == "custom"
     assert manifest["server_version"].startswith("15")
