@@ -246,6 +246,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
 
     # a. custom format
     plain_fc, module_fc, rss_fc = [], [], []
+    synced_fc, inner_fc, phases_fc = [], [], []
     last_dump = None
     for n in range(repeat):
         out = work / f"plain-{n}.dump"
@@ -255,24 +256,33 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
                 stdout=handle,
             )
         plain_fc.append(seconds)
+        synced_fc.append(seconds + timed(["sync", str(out)])[0])
         out.unlink()
-        log(f"a. plain pg_dump -Fc run {n + 1}: {seconds:.1f}s")
+        log(f"a. plain pg_dump -Fc run {n + 1}: {seconds:.1f}s (+ fsync {synced_fc[-1]:.1f}s)")
         seconds, rss, result = run_module(
             "pg_backup",
             {**common, "database": "bench", "dest_dir": str(work / "b"), "backup_id": f"fc{n}"},
         )
         module_fc.append(seconds)
         rss_fc.append(rss)
+        inner_fc.append(result["manifest"]["duration_seconds"])
+        phases_fc.append(result["manifest"].get("timings") or {})
         last_dump = result["path"]
         log(f"a. pg_backup custom run {n + 1}: {seconds:.1f}s, module RSS {rss} MiB")
         if n < repeat - 1:
             shutil.rmtree(work / "b" / f"fc{n}")
     size_mib = round(Path(last_dump).stat().st_size / 2**20, 1)
     rows.append(("pg_dump -Fc vs pg_backup (custom)", median(plain_fc), median(module_fc),
-                 max(rss_fc), f"dump {size_mib} MiB"))  # fmt: skip
+                 max(rss_fc), f"dump {size_mib} MiB; whole ansible command"))  # fmt: skip
+    dump_s = median([p.get("dump_seconds", 0) for p in phases_fc])
+    verify_s = median([p.get("verify_seconds", 0) for p in phases_fc])
+    rows.append(("pg_dump -Fc + fsync vs pg_backup (custom), time inside the module",
+                 median(synced_fc), median(inner_fc), None,
+                 f"module: dump {dump_s} s, verify {verify_s} s, rest publish"))  # fmt: skip
 
     # b. cluster
     plain_all, module_all, rss_all = [], [], []
+    synced_all, inner_all = [], []
     for n in range(repeat):
         out = work / f"plain-{n}.sql"
         with out.open("wb") as handle:
@@ -280,18 +290,22 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
                 ["docker", "exec", "-i", CONTAINER, "pg_dumpall", *SOCKET], stdout=handle
             )
         plain_all.append(seconds)
+        synced_all.append(seconds + timed(["sync", str(out)])[0])
         out.unlink()
         log(f"b. plain pg_dumpall run {n + 1}: {seconds:.1f}s")
-        seconds, rss, _ = run_module(
+        seconds, rss, result = run_module(
             "pg_backup",
             {**common, "mode": "cluster", "dest_dir": str(work / "c"), "backup_id": f"c{n}"},
         )
         module_all.append(seconds)
+        inner_all.append(result["manifest"]["duration_seconds"])
         rss_all.append(rss)
         shutil.rmtree(work / "c" / f"c{n}")
         log(f"b. pg_backup cluster run {n + 1}: {seconds:.1f}s, module RSS {rss} MiB")
     rows.append(("pg_dumpall vs pg_backup mode=cluster", median(plain_all), median(module_all),
-                 max(rss_all), "plain SQL, uncompressed"))  # fmt: skip
+                 max(rss_all), "plain SQL, uncompressed; whole ansible command"))  # fmt: skip
+    rows.append(("pg_dumpall + fsync vs pg_backup mode=cluster, time inside the module",
+                 median(synced_all), median(inner_all), None, ""))  # fmt: skip
 
     # c. directory format
     for jobs in (1, 2):

@@ -76,6 +76,35 @@ def test_backup_then_second_run_changes_nothing(stack, tmp_path):
     assert result.stats["changed"].get("localhost", 0) == 0, result.stats
 
 
+def test_long_dump_shows_progress_and_still_verifies(stack, tmp_path):
+    # A session holding an exclusive lock on a table makes pg_dump wait for it: a real
+    # dump that waits several seconds, during which Ansible must print progress lines.
+    locker = subprocess.Popen(
+        ["docker", "compose", "-p", PROJECT, "exec", "-T", "db", "psql", "-U", "app", "-d",
+         "appdb", "-c", "BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(12);"
+         " COMMIT;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        result, failures = play(
+            stack, tmp_path, "backup.yml", backup_id="it-progress", backup_progress_interval=1
+        )
+    finally:
+        locker.wait(timeout=60)
+    assert result.rc == 0, failures
+    polls = [e for e in result.events if e.get("event") == "runner_on_async_poll"]
+    assert len(polls) >= 2, [e.get("event") for e in result.events]
+    meta = json.loads((stack[0] / "backups" / "it-progress" / "SET.json").read_text())
+    assert meta["verified"] is True
+    assert [d["label"] for d in meta["dumps"]] == ["appdb", "globals"]
+    manifest = json.loads(
+        (stack[0] / "backups" / "it-progress" / "appdb.manifest.json").read_text()
+    )
+    assert manifest["row_counts"]["public.notes"] == 500
+    assert manifest["timings"]["dump_seconds"] >= 3
+
+
 def test_backup_refused_while_another_holds_the_lock(stack, tmp_path):
     lock = stack[0] / "backups" / ".lock"
     lock.mkdir()
