@@ -453,6 +453,13 @@ def _stderr_text(handle, limit=4000):
     return handle.read().decode("utf-8", errors="replace").strip()[-limit:]
 
 
+def _stream_os_error(exc, argv, out_path):
+    """The error to raise for an OSError while streaming a command's output to a file."""
+    if isinstance(exc, FileNotFoundError) and exc.filename == argv[0]:
+        return PgDockerError(f"{argv[0]} not found: install the docker CLI or set docker_cli")
+    return PgDockerError(_os_error_message(exc, f"write {out_path}"))
+
+
 def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zstd_bin=None):
     """Run ``argv``; write its stdout (compressed if asked) to ``out_path``; hash it.
 
@@ -514,11 +521,7 @@ def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zst
                     stderr,
                 )
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and exc.filename == argv[0]:
-            raise PgDockerError(
-                f"{argv[0]} not found: install the docker CLI or set docker_cli"
-            ) from None
-        raise PgDockerError(_os_error_message(exc, f"write {out_path}")) from None
+        raise _stream_os_error(exc, argv, out_path) from None
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -657,11 +660,7 @@ def stream_encrypted(argv, out_path, recipients, env=None, compression="none", c
             os.fsync(out.fileno())
         sha256, size = sha256_file(out_path)
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and exc.filename == argv[0]:
-            raise PgDockerError(
-                f"{argv[0]} not found: install the docker CLI or set docker_cli"
-            ) from None
-        raise PgDockerError(_os_error_message(exc, f"write {out_path}")) from None
+        raise _stream_os_error(exc, argv, out_path) from None
     finally:
         for proc, _ in procs:
             if proc.poll() is None:
