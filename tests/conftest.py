@@ -99,6 +99,15 @@ def run_playbook(
     return result, failures
 
 
+def compose_down(project: str) -> None:
+    """Remove a test's compose project with its volumes (teardown; errors ignored)."""
+    subprocess.run(
+        ["docker", "compose", "-p", project, "down", "--volumes", "--remove-orphans", "-t", "2"],
+        capture_output=True,
+        check=False,
+    )
+
+
 def free_port() -> int:
     import socket
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AWS_TEST_CREDENTIALS, free_port, run, run_playbook
+from tests.conftest import AWS_TEST_CREDENTIALS, compose_down, free_port, run, run_playbook
 
 PROJECT = "opsauto-it-backup"
 PASSWORD = "integration-password-2"
@@ -39,11 +39,7 @@ def stack(tmp_path_factory, docker_ready):
     psql_exec("CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text)")
     psql_exec("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g")
     yield base, common
-    subprocess.run(
-        ["docker", "compose", "-p", PROJECT, "down", "--volumes", "--remove-orphans", "-t", "2"],
-        capture_output=True,
-        check=False,
-    )
+    compose_down(PROJECT)
 
 
 def psql_exec(sql: str, db: str = "appdb") -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.conftest import run, run_playbook
+from tests.conftest import compose_down, run, run_playbook
 
 PROJECT = "opsauto-it-deploy"
 HTTP_PORT = 18080
@@ -22,11 +21,7 @@ PROM_PORT = 19090
 def project_dir(tmp_path_factory, docker_ready):
     path = tmp_path_factory.mktemp("deploy") / PROJECT
     yield path
-    subprocess.run(
-        ["docker", "compose", "-p", PROJECT, "down", "--volumes", "--remove-orphans", "-t", "2"],
-        capture_output=True,
-        check=False,
-    )
+    compose_down(PROJECT)
 
 
 def deploy(tmp_path, project_dir, **extravars):

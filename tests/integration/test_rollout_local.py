@@ -5,13 +5,12 @@ stops, with a message naming the cause, and a ledger-based rollback works."""
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.conftest import run, run_playbook
+from tests.conftest import compose_down, run, run_playbook
 
 PROJECT = "opsauto-it-rollout"
 HTTP_PORT = 18480
@@ -22,11 +21,7 @@ PROM_PORT = 19480
 def project_dir(tmp_path_factory, docker_ready):
     path = tmp_path_factory.mktemp("rollout") / PROJECT
     yield path
-    subprocess.run(
-        ["docker", "compose", "-p", PROJECT, "down", "--volumes", "--remove-orphans", "-t", "2"],
-        capture_output=True,
-        check=False,
-    )
+    compose_down(PROJECT)
 
 
 def play(tmp_path, project_dir, playbook, cmdline="", **extravars):
@@ -167,3 +162,5 @@ def test_rollback_to_the_previous_good_release_from_the_ledger(tmp_path, stack):
     ]
     assert report, "no rollback report"
     assert "rolled back from 1.0.0 to 1.1.0" in report[0]
+    assert "nginx reloaded" in report[0]  # the switch's timeline from compose_rollout
+    assert "stopped and removed" in report[0]
