@@ -210,7 +210,6 @@ class Rollout:
     def wait_healthy(self, names):
         """Poll until every container is healthy or has failed; returns the failed ones' states."""
         deadline = self.clock() + float(self.p["health_timeout"])
-        states = {}
         while True:
             states = {c["Name"].lstrip("/"): c for c in self.inspect(names)}
             pending = [
@@ -332,7 +331,6 @@ class Rollout:
             self.retire(keep, new, remove)
         else:
             self.reload_nginx()  # nginx resolves the service name again, new replicas included
-        result["kept"] = keep
         return result
 
     def upstream(self):
