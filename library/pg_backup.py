@@ -22,10 +22,13 @@ description:
     holds a complete, verified dump. Other backups are never touched.
   - The manifest is written (atomically) just before the dump is renamed into place. A manifest
     without its dump (an interrupted run) is overwritten by the next run.
-  - For O(mode=database), a psql session opens a REPEATABLE READ transaction, exports its
-    snapshot and counts the rows of every ordinary user table (tables of extensions excluded);
-    C(pg_dump --snapshot) then dumps exactly that snapshot while the session stays open. The
-    counts are stored in the manifest and checked by M(pg_backup_restore).
+  - For O(mode=database), one psql session (one C(docker exec)) first reads the server version
+    and the database's encoding, so that a wrong password or a missing database fails before
+    anything is created. After the lock is taken it opens a REPEATABLE READ transaction, exports
+    its snapshot and, while C(pg_dump --snapshot) dumps exactly that snapshot, counts the rows of
+    every ordinary user table (tables of extensions excluded). The count runs without parallel
+    workers or JIT, on one core, so it takes little from the dump. The counts are stored in the
+    manifest and checked by M(pg_backup_restore).
   - For O(mode=cluster) and O(mode=globals) no row counts are recorded (C(row_counts) is empty),
     because C(pg_dumpall) dumps each database in its own snapshot, so counts could not be
     consistent with the dump.

@@ -85,6 +85,15 @@ ENCRYPTED_SUFFIX = ".age"
 AGE_RECIPIENT_RE = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
 AGE_SECRET_PREFIX = "AGE-SECRET-KEY-"
 
+SERVER_INFO_SQL = (
+    "SELECT current_setting('server_version'), pg_encoding_to_char(encoding), "
+    "datcollate, datctype FROM pg_database WHERE datname = current_database();"
+)
+
+# Counting runs beside pg_dump: one backend without parallel workers or JIT compilation,
+# so that it takes one core and leaves the rest to the dump (about as fast on 2 cores).
+COUNT_SETTINGS_SQL = "SET LOCAL max_parallel_workers_per_gather = 0;\nSET LOCAL jit = off;\n"
+
 # Every ordinary table of the database with its exact row count, in one statement so
 # that it runs inside the caller's transaction (and snapshot).  Tables that belong to
 # an extension are left out: pg_dump does not dump their rows by default.
@@ -200,6 +209,17 @@ def label_from_artifact(filename):
         if filename.endswith("." + ext) and len(filename) > len(ext) + 1:
             return filename[: -len(ext) - 1]
     return None
+
+
+def parse_server_info(rows):
+    version, encoding, collate, ctype = rows[0]
+    return {"server_version": version, "encoding": encoding, "collate": collate, "ctype": ctype}
+
+
+def version_text(line):
+    """``pg_dump (PostgreSQL) 15.4`` -> ``15.4``."""
+    line = line.strip()
+    return line.split(")", 1)[-1].strip() if ")" in line else line
 
 
 def truncate_utf8(text, max_bytes):
@@ -938,19 +958,26 @@ class PgContainer:
         text = out.decode("utf-8", errors="replace")
         return [line.split("\x1f") for line in text.splitlines() if line != ""]
 
-    def client_version(self, program):
-        out = self.run([program, "--version"]).decode("utf-8", errors="replace").strip()
-        return out.split(")", 1)[-1].strip() if ")" in out else out
+    def client_versions(self, programs):
+        """``{program: version}`` of client programs in the container, in one docker exec."""
+        script = 'for p in "$@"; do "$p" --version || exit 1; done'
+        try:
+            out = self.run(["sh", "-c", script, "sh", *programs])
+            lines = out.decode("utf-8", errors="replace").strip().splitlines()
+        except CommandError:
+            lines = []  # no sh in the image: one exec per program
+        if len(lines) != len(programs):
+            lines = [
+                self.run([program, "--version"]).decode("utf-8", errors="replace").strip()
+                for program in programs
+            ]
+        return {program: version_text(line) for program, line in zip(programs, lines)}
 
     def server_info(self, database):
         rows = self.psql(
-            "SELECT current_setting('server_version'), pg_encoding_to_char(encoding), "
-            "datcollate, datctype FROM pg_database WHERE datname = current_database();",
-            database,
-            context=f" while connecting to database {database}",
+            SERVER_INFO_SQL, database, context=f" while connecting to database {database}"
         )
-        version, encoding, collate, ctype = rows[0]
-        return {"server_version": version, "encoding": encoding, "collate": collate, "ctype": ctype}
+        return parse_server_info(rows)
 
     def database_info(self, database, maintenance_db):
         """``{"owner", "comment", "allow_connections"}`` of a database, or None if absent."""
@@ -1015,10 +1042,13 @@ class Background:
 
 
 class SnapshotSession:
-    """A psql session in a REPEATABLE READ transaction that exports its snapshot.
+    """A psql session that first reads the server's facts, then exports a snapshot.
 
-    While the session is open, ``pg_dump --snapshot=<id>`` sees exactly the rows
-    :meth:`row_counts` counted.  Leaving the ``with`` block ends the transaction.
+    Entering the ``with`` block connects (so password, database and connection problems
+    show up here) and sets :attr:`info`; :meth:`export_snapshot` then opens a REPEATABLE
+    READ transaction and exports its snapshot: ``pg_dump --snapshot=<id>`` sees exactly
+    the rows :meth:`row_counts` counts while the session stays open.  Leaving the block
+    ends the transaction.  One ``docker exec`` serves all of this.
     """
 
     MARKER = "__opsauto_done__"
@@ -1029,7 +1059,9 @@ class SnapshotSession:
         self.timeout = timeout
         self.proc = None
         self.err = None
+        self.info = None
         self.snapshot = None
+        self._context = f" while connecting to database {database}"
 
     def __enter__(self):
         command = ["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1"]
@@ -1049,14 +1081,19 @@ class SnapshotSession:
                 f"docker CLI {self.pg.docker_cli!r} not found: install it or set docker_cli"
             ) from None
         try:
-            rows = self.query(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();"
-            )
-            self.snapshot = rows[0][0]
+            self.info = parse_server_info(self.query(SERVER_INFO_SQL))
         except BaseException:
             self.close()
             raise
         return self
+
+    def export_snapshot(self):
+        self._context = f" while opening a snapshot of {self.database}"
+        rows = self.query(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();"
+        )
+        self.snapshot = rows[0][0]
+        return self.snapshot
 
     def query(self, sql):
         """Send SQL, wait (bounded) for its output up to a marker line, return the rows."""
@@ -1092,13 +1129,14 @@ class SnapshotSession:
             returncode = None
         stderr = _stderr_text(self.err)
         raise CommandError(
-            self.pg.explain(stderr, returncode, f" while opening a snapshot of {self.database}"),
+            self.pg.explain(stderr, returncode, self._context),
             returncode,
             stderr,
         )
 
     def row_counts(self):
-        return {name: int(count) for name, count in self.query(ROW_COUNT_SQL)}
+        rows = self.query(COUNT_SETTINGS_SQL + ROW_COUNT_SQL)
+        return {name: int(count) for name, count in rows}
 
     def close(self):
         if self.proc is None:
@@ -1478,7 +1516,7 @@ def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
 
 
 def _tool_versions(pg, plan):
-    tools = {name: pg.client_version(name) for name in ("pg_dump", "pg_dumpall", "pg_restore")}
+    tools = pg.client_versions(("pg_dump", "pg_dumpall", "pg_restore"))
     tools["zstd"] = _zstd_version() if plan["compression"] == "zstd" else None
     return tools
 
@@ -1510,8 +1548,6 @@ def run_backup(params, check_mode=False):
         "duration_seconds": 0.0,
     }
     pg.check_running()
-    probe_db = plan["database"] or "postgres"
-    info = pg.server_info(probe_db)  # fails early on password / database / connection problems
     if plan["compression"] == "zstd":
         find_binary("zstd")
     if plan["recipients"]:
@@ -1534,6 +1570,7 @@ def run_backup(params, check_mode=False):
         return result
 
     if check_mode:
+        pg.server_info(plan["database"] or "postgres")  # password, database, connection
         manifest = check_existing(pg, plan)
         if manifest is not None:
             return existing_result(manifest)
@@ -1543,32 +1580,58 @@ def run_backup(params, check_mode=False):
         )
         return result
 
+    with contextlib.ExitStack() as stack:
+        # Connecting first makes password, database and connection problems fail before
+        # anything is created.  For one database the same psql session later exports the
+        # dump's snapshot and counts its rows, so that takes a single docker exec.
+        session = None
+        if plan["mode"] == "database":
+            session = stack.enter_context(SnapshotSession(pg, plan["database"]))
+            info = session.info
+        else:
+            info = pg.server_info(plan["database"] or "postgres")
+        manifest = _backup_locked(pg, plan, params, info, session, existing_result)
+    if manifest is None:
+        return result
+    result.update(
+        changed=True,
+        manifest=manifest,
+        sha256=manifest["sha256"],
+        size=manifest["size"],
+        duration_seconds=manifest["duration_seconds"],
+        msg=f"dumped {what} from container {pg.container} to {plan['path']}",
+    )
+    return result
+
+
+def _backup_locked(pg, plan, params, info, session, existing_result):
+    """Under the backup's lock: the new manifest, or None when it already existed."""
     for directory in (params["dest_dir"], plan["directory"]):
         ensure_directory(directory)
     lock_path = os.path.join(plan["directory"], f".{plan['label']}.lock")
     with file_lock(lock_path, float(params.get("lock_timeout") or 600)):
         manifest = check_existing(pg, plan)
         if manifest is not None:
-            return existing_result(manifest)
+            existing_result(manifest)
+            return None
         started = time.monotonic()
         state = {"snapshot": None, "row_counts": {}, "timings": {}}
 
         def write(partial):
-            # The tool versions (docker execs) and the exact row counts (in the dump's own
-            # snapshot, on the session that exported it) are read while the dump streams.
+            # The tool versions (one docker exec) and the exact row counts (in the dump's
+            # own snapshot, on the session that exported it) are read while the dump streams.
             tools = Background(lambda: _tool_versions(pg, plan))
             try:
-                if plan["mode"] != "database":
+                if session is None:
                     out = _dump_to(pg, plan, partial, None)
                 else:
-                    with SnapshotSession(pg, plan["database"]) as session:
-                        state["snapshot"] = session.snapshot
-                        counter = Background(session.row_counts)
-                        try:
-                            out = _dump_to(pg, plan, partial, session.snapshot)
-                        finally:
-                            counter.join()  # the session closes only after counting
-                        state["row_counts"] = counter.result()
+                    state["snapshot"] = session.export_snapshot()
+                    counter = Background(session.row_counts)
+                    try:
+                        out = _dump_to(pg, plan, partial, session.snapshot)
+                    finally:
+                        counter.join()  # the session closes only after counting
+                    state["row_counts"] = counter.result()
                 state["tools"] = tools.result()
             finally:
                 tools.join()
@@ -1594,18 +1657,9 @@ def run_backup(params, check_mode=False):
         try:
             produce_file(plan["path"], write, verify, before_publish)
         except BaseException:
-            pg.terminate_own_sessions(probe_db)
+            pg.terminate_own_sessions(plan["database"] or "postgres")
             raise
-    manifest = state["manifest"]
-    result.update(
-        changed=True,
-        manifest=manifest,
-        sha256=manifest["sha256"],
-        size=manifest["size"],
-        duration_seconds=manifest["duration_seconds"],
-        msg=f"dumped {what} from container {pg.container} to {plan['path']}",
-    )
-    return result
+    return state["manifest"]
 
 
 # --------------------------------------------------------------------------- restore

@@ -19,7 +19,11 @@ include Ansible's start-up (measured separately with the ping module and printed
 Prints a Markdown table on stdout; progress goes to stderr.  The container and the work
 directory are removed at the end.
 
-Usage: .venv/bin/python scripts/bench_backup.py [--scale 70] [--repeat 3]
+``--filler random`` then overwrites ``pgbench_accounts.filler`` with random hex text
+(VACUUM FULL afterwards): pgbench's blank filler compresses about 50:1, so its dumps are
+short and fixed costs weigh more than on real data, which compresses far less.
+
+Usage: .venv/bin/python scripts/bench_backup.py [--scale 70] [--repeat 3] [--filler random]
 """
 
 from __future__ import annotations
@@ -223,6 +227,13 @@ def start_container() -> None:
     raise SystemExit(f"{CONTAINER} did not become ready within {READY_TIMEOUT}s")
 
 
+RANDOM_FILLER_SQL = """
+UPDATE pgbench_accounts
+   SET filler = md5(random()::text) || md5(random()::text) || left(md5(random()::text), 20);
+VACUUM FULL ANALYZE pgbench_accounts;
+"""
+
+
 def pgbench_init(database: str, scale: int) -> float:
     psql("postgres", f"CREATE DATABASE {database};")
     started = time.monotonic()
@@ -391,6 +402,12 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is ~1 GB)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median)")
     parser.add_argument("--workdir", default=None, help="where dumps go (default: a temp dir)")
+    parser.add_argument(
+        "--filler",
+        choices=("pgbench", "random"),
+        default="pgbench",
+        help="random: overwrite pgbench_accounts.filler with random hex (less compressible)",
+    )
     args = parser.parse_args()
     if shutil.which("docker") is None:
         raise SystemExit("the docker CLI is needed")
@@ -403,6 +420,9 @@ def main() -> int:
         start_container()
         log(f"pgbench -i -s {args.scale}")
         init = pgbench_init("bench", args.scale)
+        if args.filler == "random":
+            log("overwriting pgbench_accounts.filler with random hex text")
+            psql("bench", RANDOM_FILLER_SQL)
         db_size = psql("postgres", "SELECT pg_size_pretty(pg_database_size('bench'));")
         log(f"database bench: {db_size} (pgbench -i took {init:.0f}s)")
         lines = bench(args, work)
@@ -411,7 +431,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     header = [
-        f"pgbench scale {args.scale}: database {db_size}; {os.cpu_count()} CPUs; load average "
+        f"pgbench scale {args.scale}, filler {args.filler}: database {db_size}; "
+        f"{os.cpu_count()} CPUs; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; "
         f"total {time.monotonic() - started:.0f}s",
         "",
