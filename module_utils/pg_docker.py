@@ -480,16 +480,21 @@ def _stream_os_error(exc, argv, out_path):
     return PgDockerError(_os_error_message(exc, f"write {out_path}"))
 
 
-def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zstd_bin=None):
+def stream_to_file(
+    argv, out_path, env=None, stdin=None, compression="none", zstd_bin=None, check_argv=None
+):
     """Run ``argv``; write its stdout (compressed if asked) to ``out_path``; hash it.
 
     Memory use is flat: stdout is read in 1 MiB chunks.  Returns ``(sha256, size)`` of
     the bytes written.  A non-zero exit status of any process raises CommandError with
     the command's stderr; an OSError while writing (disk full) raises PgDockerError.
+    ``check_argv``, if given, is a process fed the same (uncompressed) chunks on its stdin
+    for as long as it reads them; a non-zero exit status of it raises CorruptBackupError.
     The caller owns ``out_path`` (and removes it on failure).
     """
     procs = []
     errs = []
+    check = None
     digest = hashlib.sha256()
     size = 0
     gzip = _Gzip() if compression == "gzip" else None
@@ -517,8 +522,22 @@ def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zst
             procs.append(zproc)
             proc.stdout.close()  # only zstd reads it now
             source = zproc.stdout
+        if check_argv:
+            check_err = tempfile.TemporaryFile()
+            errs.append(check_err)
+            check = subprocess.Popen(
+                check_argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=check_err,
+                env=env,
+            )
+            procs.append(check)
+        check_open = check is not None
         with open(out_path, "wb") as out:
             while chunk := source.read(CHUNK_SIZE):
+                if check_open:
+                    check_open = _write_quietly(check.stdin, chunk)
                 if gzip is not None:
                     chunk = gzip.feed(chunk)
                 out.write(chunk)
@@ -531,8 +550,16 @@ def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zst
                 size += len(chunk)
             out.flush()
             os.fsync(out.fileno())
+        if check is not None:
+            with contextlib.suppress(BrokenPipeError):
+                check.stdin.close()
         for number, proc in enumerate(procs):
             returncode = proc.wait()
+            if returncode != 0 and proc is check:
+                raise CorruptBackupError(
+                    "the dump stream is not a readable archive: "
+                    + (_stderr_text(errs[number]) or f"{check_argv[-1]} exit {returncode}")
+                )
             if returncode != 0:
                 stderr = _stderr_text(errs[number])
                 raise CommandError(
@@ -547,8 +574,10 @@ def stream_to_file(argv, out_path, env=None, stdin=None, compression="none", zst
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+            for stream in (proc.stdin, proc.stdout):
+                if stream:
+                    with contextlib.suppress(OSError):
+                        stream.close()
         for err in errs:
             err.close()
     return digest.hexdigest(), size
@@ -971,7 +1000,7 @@ class PgContainer:
                 self.run([program, "--version"]).decode("utf-8", errors="replace").strip()
                 for program in programs
             ]
-        return {program: version_text(line) for program, line in zip(programs, lines)}
+        return {program: version_text(line) for program, line in zip(programs, lines, strict=True)}
 
     def server_info(self, database):
         rows = self.psql(
@@ -1344,6 +1373,17 @@ def _dump_to(pg, plan, partial, snapshot):
     try:
         if plan["recipients"]:
             return _dump_encrypted(pg, plan, partial, snapshot, context)
+        if plan["format"] == "custom":
+            # The archive's header and table of contents come first in the stream, and they
+            # are all `pg_restore --list` reads: it checks them while the data still streams.
+            check = pg.exec_argv(["pg_restore", "--list"], interactive=True)
+            argv = pg.exec_argv(_dump_command(pg, plan, snapshot))
+            out = stream_to_file(argv, partial, env, check_argv=check)
+            plan["stream"] = {
+                "method": "pg_restore --list (custom archive streamed into the container while "
+                "it was written)"
+            }
+            return out
         if plan["format"] != "directory":
             argv = pg.exec_argv(_dump_command(pg, plan, snapshot))
             return stream_to_file(argv, partial, env, None, plan["compression"], zstd_bin)
@@ -1640,8 +1680,8 @@ def _backup_locked(pg, plan, params, info, session, existing_result):
 
         def verify(partial):
             begun = time.monotonic()
-            if plan["recipients"]:
-                method = plan["stream"]["method"]  # checked while streaming (_dump_encrypted)
+            if plan.get("stream"):
+                method = plan["stream"]["method"]  # checked while streaming (_dump_to)
             else:
                 method = verify_archive(
                     pg, partial, plan["format"], plan["mode"], plan["compression"]

@@ -107,6 +107,53 @@ def test_missing_program_is_reported_with_the_fix(tmp_path):
         pgd.stream_to_file([str(tmp_path / "no-such-docker"), "exec"], str(out))
 
 
+def checker(code: str) -> list[str]:
+    """argv of a real process that reads its stdin as ``code`` says, then exits."""
+    return [PY, "-c", "import sys\n" + code]
+
+
+def test_stream_check_that_reads_only_the_start_passes_and_the_file_is_whole(tmp_path):
+    # like pg_restore --list: reads the header, exits 0, stops reading the rest
+    out = tmp_path / "out.dump"
+    out.touch()
+    head_ok = checker("sys.exit(0 if sys.stdin.buffer.read(5) == b'PGDMP' else 3)")
+    sha256, size = pgd.stream_to_file(
+        producer("b'PGDMP' + b'0' * 5_000_000"), str(out), check_argv=head_ok
+    )
+    assert size == 5_000_005 == out.stat().st_size
+    assert sha256 == pgd.sha256_file(str(out))[0]
+
+
+def test_stream_check_that_reads_everything_sees_every_byte(tmp_path):
+    out = tmp_path / "out.dump"
+    out.touch()
+    counts = checker("sys.exit(0 if len(sys.stdin.buffer.read()) == 3_000_005 else 4)")
+    pgd.stream_to_file(producer("b'PGDMP' + b'1' * 3_000_000"), str(out), check_argv=counts)
+
+
+def test_stream_check_failure_raises_corrupt_backup_with_its_stderr(tmp_path):
+    out = tmp_path / "out.dump"
+    out.touch()
+    refuses = checker(
+        "sys.stdin.buffer.read(5)\n"
+        "sys.stderr.write('pg_restore: error: input file does not appear to be a valid archive')\n"
+        "sys.exit(1)"
+    )
+    with pytest.raises(pgd.CorruptBackupError, match="does not appear to be a valid archive"):
+        pgd.stream_to_file(producer("b'garbage' * 500_000"), str(out), check_argv=refuses)
+
+
+def test_failing_producer_wins_over_a_passing_check(tmp_path):
+    out = tmp_path / "out.dump"
+    out.touch()
+    argv = producer(
+        "b'PGDMP' + b'x' * 2_000_000", exit_code=1, stderr="server closed the connection"
+    )
+    head_ok = checker("sys.exit(0 if sys.stdin.buffer.read(5) == b'PGDMP' else 3)")
+    with pytest.raises(pgd.CommandError, match="server closed the connection"):
+        pgd.stream_to_file(argv, str(out), check_argv=head_ok)
+
+
 def test_produce_file_publishes_atomically_with_modes(tmp_path):
     final = tmp_path / "db.dump"
     seen = {}
