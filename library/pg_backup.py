@@ -32,9 +32,12 @@ description:
   - For O(mode=cluster) and O(mode=globals) no row counts are recorded (C(row_counts) is empty),
     because C(pg_dumpall) dumps each database in its own snapshot, so counts could not be
     consistent with the dump.
-  - Verification before success. Custom format, C(pg_restore --list) on the file streamed back
-    into the container; directory format, the tar is unpacked in a container temporary directory
-    and listed with C(pg_restore --list); plain format, the completion trailer
+  - Verification before success. Custom format, C(pg_restore --list) in the container reads the
+    dump as it streams (the archive's header and table of contents come first, and they are what
+    it checks), so the check costs no time after the dump; a run that finds the backup already
+    there checks the file itself the same way. Directory format, the tar is unpacked in a
+    container temporary directory and listed with C(pg_restore --list); plain format, the
+    completion trailer
     (C(-- PostgreSQL database dump complete) or C(-- PostgreSQL database cluster dump complete))
     must end the decompressed content.
   - Idempotent. When the dump and its manifest exist for O(backup_id) and O(label), the file's
@@ -57,28 +60,12 @@ description:
     reports C(changed=false).
 author:
   - Operations automation team
+extends_documentation_fragment:
+  - pg_container
 options:
-  container:
-    description: Name or ID of the running PostgreSQL container on the managed host.
-    type: str
-    required: true
-  docker_cli:
-    description: The docker CLI to run, a name looked up in PATH or a full path.
-    type: path
-    default: docker
   login_user:
     description: PostgreSQL role to connect as. It needs read access to everything it dumps
       (a superuser for O(mode=cluster) and O(mode=globals)).
-    type: str
-    required: true
-  login_password:
-    description:
-      - Password of O(login_user). It reaches the client programs only through C(PGPASSWORD) in
-        the environment (C(docker exec -e PGPASSWORD)), never on a command line.
-      - When set, the clients connect over TCP to C(127.0.0.1) inside the container, so the
-        password is checked. When empty, they use the container's local socket
-        C(/var/run/postgresql) (trusted in the project's image).
-    type: str
   mode:
     description:
       - V(database) dumps one database with C(pg_dump) (needs O(database)).
@@ -318,6 +305,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pg_docker import (
     COMPRESSIONS,
+    CONNECTION_ARGUMENT_SPEC,
     FORMATS,
     MODES,
     PgDockerError,
@@ -325,10 +313,7 @@ from ansible.module_utils.pg_docker import (
 )
 
 ARGUMENT_SPEC = {
-    "container": {"type": "str", "required": True},
-    "docker_cli": {"type": "path", "default": "docker"},
-    "login_user": {"type": "str", "required": True},
-    "login_password": {"type": "str", "no_log": True},
+    **CONNECTION_ARGUMENT_SPEC,
     "mode": {"type": "str", "choices": list(MODES), "default": "database"},
     "database": {"type": "str"},
     "format": {"type": "str", "choices": list(FORMATS)},

@@ -43,27 +43,13 @@ description:
     same restore path; no plaintext file is written on the host.
 author:
   - Operations automation team
+extends_documentation_fragment:
+  - pg_container
 options:
-  container:
-    description: Name or ID of the running PostgreSQL container on the managed host.
-    type: str
-    required: true
-  docker_cli:
-    description: The docker CLI to run, a name looked up in PATH or a full path.
-    type: path
-    default: docker
   login_user:
     description:
       - PostgreSQL role to connect as. It must be able to create, rename and drop databases and
         terminate sessions (a superuser, or the owner of the databases with CREATEDB).
-    type: str
-    required: true
-  login_password:
-    description:
-      - Password of O(login_user), passed to the clients only through C(PGPASSWORD) in the
-        environment. When set, the clients connect over TCP to C(127.0.0.1) in the container;
-        when empty, through the local socket C(/var/run/postgresql).
-    type: str
   path:
     description: The dump file on the managed host, as written by M(pg_backup).
     type: path
@@ -236,13 +222,10 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pg_docker import PgDockerError, run_restore
+from ansible.module_utils.pg_docker import CONNECTION_ARGUMENT_SPEC, PgDockerError, run_restore
 
 ARGUMENT_SPEC = {
-    "container": {"type": "str", "required": True},
-    "docker_cli": {"type": "path", "default": "docker"},
-    "login_user": {"type": "str", "required": True},
-    "login_password": {"type": "str", "no_log": True},
+    **CONNECTION_ARGUMENT_SPEC,
     "path": {"type": "path", "required": True},
     "manifest_path": {"type": "path"},
     "database": {"type": "str", "required": True},

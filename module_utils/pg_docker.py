@@ -114,6 +114,16 @@ SELECT n.nspname || '.' || c.relname,
 """
 
 
+# The options every module that runs clients in the container takes (documented once in
+# doc_fragments/pg_container.py).
+CONNECTION_ARGUMENT_SPEC = {
+    "container": {"type": "str", "required": True},
+    "docker_cli": {"type": "path", "default": "docker"},
+    "login_user": {"type": "str", "required": True},
+    "login_password": {"type": "str", "no_log": True},
+}
+
+
 class PgDockerError(Exception):
     """An error to report to the user; the message says what is wrong and how to fix it."""
 

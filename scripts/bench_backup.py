@@ -16,6 +16,9 @@ Starts its own PostgreSQL container (``opsauto-bench-db``, nothing published) fr
 
 Module times are wall times of the whole ``ansible localhost -m ...`` command, so they
 include Ansible's start-up (measured separately with the ping module and printed).
+Before the first case the server is checkpointed and every table read once (a warm-up
+``pg_dumpall``, not counted); rounds alternate whether the plain command or the module
+goes first; peak RSS is taken in separate runs (polling /proc costs CPU on 2 cores).
 Prints a Markdown table on stdout; progress goes to stderr.  The container and the work
 directory are removed at the end.
 
@@ -267,6 +270,62 @@ def pgbench_init(database: str, scale: int) -> float:
 # --------------------------------------------------------------------------- cases
 
 
+def backup_peak_rss(work: Path, args: dict, what: str) -> float | None:
+    """Peak RSS of pg_backup in a run of its own (the backup is removed afterwards)."""
+    _, rss, _ = run_module(
+        "pg_backup", {**args, "dest_dir": str(work / "rss"), "backup_id": "rss"}, rss=True
+    )
+    shutil.rmtree(work / "rss")
+    log(f"{what}: separate run for the peak RSS: {rss} MiB")
+    return rss
+
+
+def compare_dumps(
+    work: Path, repeat: int, what: str, plain_argv: list[str], module_args: dict, keep_last=False
+) -> dict:
+    """The plain command (then ``sync FILE``) and pg_backup, ``repeat`` rounds each.
+
+    Rounds alternate which of the two goes first, so that a trend on the machine (a
+    checkpoint, the page cache filling) does not favour one side.
+    """
+    res: dict = {"plain": [], "synced": [], "module": [], "inner": [], "phases": [], "path": None}
+
+    def plain(n: int) -> None:
+        out = work / f"plain-{n}"
+        with out.open("wb") as handle:
+            seconds, _ = timed(plain_argv, stdout=handle)
+        res["plain"].append(seconds)
+        res["synced"].append(seconds + timed(["sync", str(out)])[0])
+        out.unlink()
+        log(f"{what}: plain run {n + 1}: {seconds:.1f}s (+ fsync {res['synced'][-1]:.1f}s)")
+
+    def module(n: int) -> None:
+        dest = work / "m"
+        seconds, _, result = run_module(
+            "pg_backup", {**module_args, "dest_dir": str(dest), "backup_id": f"r{n}"}
+        )
+        res["module"].append(seconds)
+        res["inner"].append(result["manifest"]["duration_seconds"])
+        res["phases"].append(result["manifest"].get("timings") or {})
+        res["path"] = result["path"]
+        log(f"{what}: pg_backup run {n + 1}: {seconds:.1f}s")
+        if not keep_last or n < repeat - 1:
+            shutil.rmtree(dest / f"r{n}")
+
+    for n in range(repeat):
+        for step in (plain, module) if n % 2 == 0 else (module, plain):
+            step(n)
+    return res
+
+
+def settle() -> None:
+    """Checkpoint, then read every table once, so no run pays for first reads or hint bits."""
+    psql("postgres", "CHECKPOINT;")
+    seconds, _ = timed(["docker", "exec", "-i", CONTAINER, "pg_dumpall", *SOCKET])
+    psql("postgres", "CHECKPOINT;")
+    log(f"warm-up pg_dumpall (not counted): {seconds:.1f}s")
+
+
 def bench(args: argparse.Namespace, work: Path) -> list[str]:
     repeat = args.repeat
     rows: list[tuple[str, float | None, float, float | None, str]] = []
@@ -276,81 +335,39 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
     ping = median([run_module("ansible.builtin.ping", {})[0] for _ in range(repeat)])
 
     # a. custom format
-    plain_fc, module_fc, rss_fc = [], [], []
-    synced_fc, inner_fc, phases_fc = [], [], []
-    last_dump = None
-    for n in range(repeat):
-        out = work / f"plain-{n}.dump"
-        with out.open("wb") as handle:
-            seconds, _ = timed(
-                ["docker", "exec", "-i", CONTAINER, "pg_dump", "-Fc", *SOCKET, "bench"],
-                stdout=handle,
-            )
-        plain_fc.append(seconds)
-        synced_fc.append(seconds + timed(["sync", str(out)])[0])
-        out.unlink()
-        log(f"a. plain pg_dump -Fc run {n + 1}: {seconds:.1f}s (+ fsync {synced_fc[-1]:.1f}s)")
-        seconds, rss, result = run_module(
-            "pg_backup",
-            {**common, "database": "bench", "dest_dir": str(work / "b"), "backup_id": f"fc{n}"},
-        )
-        module_fc.append(seconds)
-        inner_fc.append(result["manifest"]["duration_seconds"])
-        phases_fc.append(result["manifest"].get("timings") or {})
-        last_dump = result["path"]
-        log(f"a. pg_backup custom run {n + 1}: {seconds:.1f}s")
-        if n < repeat - 1:
-            shutil.rmtree(work / "b" / f"fc{n}")
-    _, rss, _ = run_module(
-        "pg_backup",
-        {**common, "database": "bench", "dest_dir": str(work / "r"), "backup_id": "fc"},
-        rss=True,
+    fc = compare_dumps(
+        work,
+        repeat,
+        "a. custom",
+        ["docker", "exec", "-i", CONTAINER, "pg_dump", "-Fc", *SOCKET, "bench"],
+        {**common, "database": "bench"},
+        keep_last=True,
     )
-    rss_fc.append(rss)
-    shutil.rmtree(work / "r")
-    log(f"a. pg_backup custom, separate run for the peak RSS: {rss} MiB")
+    last_dump = fc["path"]
+    rss_fc = backup_peak_rss(work, {**common, "database": "bench"}, "a. custom")
     size_mib = round(Path(last_dump).stat().st_size / 2**20, 1)
-    rows.append(("pg_dump -Fc vs pg_backup (custom)", median(plain_fc), median(module_fc),
-                 max(rss_fc), f"dump {size_mib} MiB; whole ansible command"))  # fmt: skip
-    dump_s = median([p.get("dump_seconds", 0) for p in phases_fc])
-    verify_s = median([p.get("verify_seconds", 0) for p in phases_fc])
+    rows.append(("pg_dump -Fc vs pg_backup (custom)", median(fc["plain"]), median(fc["module"]),
+                 rss_fc, f"dump {size_mib} MiB; whole ansible command"))  # fmt: skip
+    dump_s = median([p.get("dump_seconds", 0) for p in fc["phases"]])
+    verify_s = median([p.get("verify_seconds", 0) for p in fc["phases"]])
     rows.append(("pg_dump -Fc + fsync vs pg_backup (custom), time inside the module",
-                 median(synced_fc), median(inner_fc), None,
+                 median(fc["synced"]), median(fc["inner"]), None,
                  f"module: dump {dump_s} s, verify {verify_s} s, rest publish"))  # fmt: skip
 
     # b. cluster
-    plain_all, module_all, rss_all = [], [], []
-    synced_all, inner_all = [], []
-    for n in range(repeat):
-        out = work / f"plain-{n}.sql"
-        with out.open("wb") as handle:
-            seconds, _ = timed(
-                ["docker", "exec", "-i", CONTAINER, "pg_dumpall", *SOCKET], stdout=handle
-            )
-        plain_all.append(seconds)
-        synced_all.append(seconds + timed(["sync", str(out)])[0])
-        out.unlink()
-        log(f"b. plain pg_dumpall run {n + 1}: {seconds:.1f}s")
-        seconds, rss, result = run_module(
-            "pg_backup",
-            {**common, "mode": "cluster", "dest_dir": str(work / "c"), "backup_id": f"c{n}"},
-        )
-        module_all.append(seconds)
-        inner_all.append(result["manifest"]["duration_seconds"])
-        shutil.rmtree(work / "c" / f"c{n}")
-        log(f"b. pg_backup cluster run {n + 1}: {seconds:.1f}s")
-    _, rss, _ = run_module(
-        "pg_backup",
-        {**common, "mode": "cluster", "dest_dir": str(work / "r"), "backup_id": "c"},
-        rss=True,
+    every = compare_dumps(
+        work,
+        repeat,
+        "b. cluster",
+        ["docker", "exec", "-i", CONTAINER, "pg_dumpall", *SOCKET],
+        {**common, "mode": "cluster"},
     )
-    rss_all.append(rss)
-    shutil.rmtree(work / "r")
-    log(f"b. pg_backup cluster, separate run for the peak RSS: {rss} MiB")
-    rows.append(("pg_dumpall vs pg_backup mode=cluster", median(plain_all), median(module_all),
-                 max(rss_all), "plain SQL, uncompressed; whole ansible command"))  # fmt: skip
+    rss_all = backup_peak_rss(work, {**common, "mode": "cluster"}, "b. cluster")
+    rows.append(("pg_dumpall vs pg_backup mode=cluster", median(every["plain"]),
+                 median(every["module"]), rss_all,
+                 "plain SQL, uncompressed; whole ansible command"))  # fmt: skip
     rows.append(("pg_dumpall + fsync vs pg_backup mode=cluster, time inside the module",
-                 median(synced_all), median(inner_all), None, ""))  # fmt: skip
+                 median(every["synced"]), median(every["inner"]), None, ""))  # fmt: skip
 
     # c. directory format
     for jobs in (1, 2):
@@ -365,13 +382,15 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
             shutil.rmtree(work / "d" / f"d{jobs}-{n}")
             log(f"c. pg_backup directory -j {jobs} run {n + 1}: {seconds:.1f}s")
         rows.append((f"pg_backup format=directory jobs={jobs} (vs plain pg_dump -Fc)",
-                     median(plain_fc), median(times), None, ""))  # fmt: skip
+                     median(fc["plain"]), median(times), None, ""))  # fmt: skip
 
     # d. restore
     plain_rs, module_rs, rss_rs = [], [], []
     restore_args = {**common, "path": last_dump, "database": "bench_live", "mode": "replace",
                     "keep_previous": False}  # fmt: skip
-    for n in range(repeat):
+    psql("postgres", "CREATE DATABASE bench_live;")  # the live database to replace
+
+    def plain_restore(n: int) -> None:
         psql("postgres", "DROP DATABASE IF EXISTS bench_plain WITH (FORCE);")
         started = time.monotonic()
         psql("postgres", "CREATE DATABASE bench_plain;")
@@ -381,15 +400,20 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         plain_rs.append(time.monotonic() - started)
         log(f"d. plain pg_restore run {n + 1}: {plain_rs[-1]:.1f}s")
         psql("postgres", "DROP DATABASE IF EXISTS bench_plain WITH (FORCE);")
-        # a live database to replace, without the marker of this backup
-        psql(
-            "postgres",
-            "CREATE DATABASE bench_live;" if n == 0 else "COMMENT ON DATABASE bench_live IS NULL;",
-        )
+
+    def module_restore(n: int) -> None:
+        # without the marker of this backup, so that the restore is not skipped as done
+        psql("postgres", "COMMENT ON DATABASE bench_live IS NULL;")
         seconds, _, result = run_module("pg_backup_restore", restore_args)
         module_rs.append(seconds)
         log(f"d. pg_backup_restore replace run {n + 1}: {seconds:.1f}s "
             f"({result['verification']['rows']})")  # fmt: skip
+
+    for n in range(repeat):  # alternating which goes first, as in compare_dumps
+        for step in (
+            (plain_restore, module_restore) if n % 2 == 0 else (module_restore, plain_restore)
+        ):
+            step(n)
     psql("postgres", "COMMENT ON DATABASE bench_live IS NULL;")
     _, rss, _ = run_module("pg_backup_restore", restore_args, rss=True)
     rss_rs.append(rss)
@@ -412,7 +436,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
     rows.append((f"pg_backup peak RSS at scale 1 (dump {small_mib} MiB)", None, None,
                  max(rss_small), ""))  # fmt: skip
     rows.append((f"pg_backup peak RSS at scale {args.scale} (dump {size_mib} MiB)", None, None,
-                 max(rss_fc), ""))  # fmt: skip
+                 rss_fc, ""))  # fmt: skip
 
     lines = [
         "| case | plain command (s) | module (s) | ratio | module peak RSS (MiB) | note |",
@@ -462,6 +486,7 @@ def main() -> int:
             psql("bench", RANDOM_FILLER_SQL)
         db_size = psql("postgres", "SELECT pg_size_pretty(pg_database_size('bench'));")
         log(f"database bench: {db_size} (pgbench -i took {init:.0f}s)")
+        settle()
         lines = bench(args, work)
     finally:
         docker("rm", "-f", "-v", CONTAINER, timeout=300)
