@@ -1274,6 +1274,19 @@ def backup_plan(params):
             f"compression={compression} applies to format=plain only (format={fmt} is "
             "compressed by pg_dump): remove 'compression' or use format=plain"
         )
+    level = params.get("compress_level")
+    if level is not None:
+        level = int(level)
+        if fmt == "plain":
+            raise PgDockerError(
+                "compress_level sets pg_dump -Z for format=custom or format=directory; plain "
+                "dumps are compressed on the host with 'compression' (gzip, zstd): remove "
+                "compress_level"
+            )
+        if not 0 <= level <= 9:
+            raise PgDockerError(
+                f"compress_level must be 0 (none) to 9 (smallest, slowest), got {level}"
+            )
     jobs = int(params.get("jobs") or 1)
     if jobs < 1:
         raise PgDockerError(f"jobs must be 1 or more, got {jobs}")
@@ -1292,6 +1305,7 @@ def backup_plan(params):
         "mode": mode,
         "format": fmt,
         "compression": compression,
+        "compress_level": level,
         "database": database if mode == "database" else None,
         "jobs": jobs,
         "recipients": recipients,
@@ -1366,6 +1380,8 @@ def _dump_command(pg, plan, snapshot, target_dir=None):
     if plan["mode"] == "globals":
         return ["pg_dumpall", "--globals-only", *pg.conn_args()]
     command = ["pg_dump", *pg.conn_args(plan["database"]), f"--snapshot={snapshot}"]
+    if plan.get("compress_level") is not None:
+        command += ["-Z", str(plan["compress_level"])]
     if plan["format"] == "custom":
         return command + ["-Fc"]
     if plan["format"] == "plain":
@@ -1479,6 +1495,7 @@ def build_manifest(plan, **facts):
         "mode": plan["mode"],
         "format": plan["format"],
         "compression": plan["compression"],
+        "compress_level": plan.get("compress_level"),
         "database": plan["database"],
         "jobs": plan["jobs"],
         "encryption": None,

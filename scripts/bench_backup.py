@@ -7,7 +7,8 @@ Starts its own PostgreSQL container (``opsauto-bench-db``, nothing published) fr
 
   a. ``docker exec -i db pg_dump -Fc ... > file``  vs  pg_backup (custom format)
   b. ``docker exec -i db pg_dumpall ... > file``   vs  pg_backup mode=cluster
-  c. pg_backup format=directory jobs=1 and jobs=2 (compared with the plain pg_dump -Fc)
+  c. pg_backup format=directory jobs=1 and jobs=2, and pg_backup compress_level=1
+     (compared with the plain pg_dump -Fc, which compresses at level 6)
   d. ``docker exec -i db pg_restore -d newdb < file`` (after createdb)  vs
      pg_backup_restore mode=replace (sha256 + pg_restore --list + restore + exact row
      count check + swap)
@@ -300,7 +301,7 @@ def compare_dumps(
         log(f"{what}: plain run {n + 1}: {seconds:.1f}s (+ fsync {res['synced'][-1]:.1f}s)")
 
     def module(n: int) -> None:
-        dest = work / "m"
+        dest = work / what.split()[-1]  # one directory per case
         seconds, _, result = run_module(
             "pg_backup", {**module_args, "dest_dir": str(dest), "backup_id": f"r{n}"}
         )
@@ -316,6 +317,12 @@ def compare_dumps(
         for step in (plain, module) if n % 2 == 0 else (module, plain):
             step(n)
     return res
+
+
+def drop_previous(result: dict) -> None:
+    """Drop the database a replace restore kept aside (outside the timed run)."""
+    if result.get("previous_database"):
+        psql("postgres", f'DROP DATABASE "{result["previous_database"]}" WITH (FORCE);')
 
 
 def settle() -> None:
@@ -384,10 +391,28 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         rows.append((f"pg_backup format=directory jobs={jobs} (vs plain pg_dump -Fc)",
                      median(fc["plain"]), median(times), None, ""))  # fmt: skip
 
+    # c2. pg_dump's compression level (compress_level=1 against pg_dump's default, 6)
+    times, sizes = [], []
+    for n in range(repeat):
+        seconds, _, result = run_module(
+            "pg_backup",
+            {**common, "database": "bench", "compress_level": 1,
+             "dest_dir": str(work / "z"), "backup_id": f"z{n}"},
+        )  # fmt: skip
+        times.append(seconds)
+        sizes.append(result["size"])
+        shutil.rmtree(work / "z" / f"z{n}")
+        log(f"c. pg_backup compress_level=1 run {n + 1}: {seconds:.1f}s")
+    rows.append(("pg_backup compress_level=1 (vs plain pg_dump -Fc, level 6)",
+                 median(fc["plain"]), median(times), None,
+                 f"dump {round(sizes[-1] / 2**20, 1)} MiB; whole ansible command"))  # fmt: skip
+
     # d. restore
     plain_rs, module_rs, rss_rs = [], [], []
-    restore_args = {**common, "path": last_dump, "database": "bench_live", "mode": "replace",
-                    "keep_previous": False}  # fmt: skip
+    # keep_previous is the module's (and role's) default: the replaced database is renamed
+    # aside; it is dropped after the timed run, as the plain side's database is (DROP
+    # DATABASE forces a checkpoint, which neither side is timed for).
+    restore_args = {**common, "path": last_dump, "database": "bench_live", "mode": "replace"}
     psql("postgres", "CREATE DATABASE bench_live;")  # the live database to replace
 
     def plain_restore(n: int) -> None:
@@ -408,6 +433,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         module_rs.append(seconds)
         log(f"d. pg_backup_restore replace run {n + 1}: {seconds:.1f}s "
             f"({result['verification']['rows']})")  # fmt: skip
+        drop_previous(result)
 
     for n in range(repeat):  # alternating which goes first, as in compare_dumps
         for step in (
@@ -415,7 +441,8 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         ):
             step(n)
     psql("postgres", "COMMENT ON DATABASE bench_live IS NULL;")
-    _, rss, _ = run_module("pg_backup_restore", restore_args, rss=True)
+    _, rss, result = run_module("pg_backup_restore", restore_args, rss=True)
+    drop_previous(result)
     rss_rs.append(rss)
     log(f"d. pg_backup_restore replace, separate run for the peak RSS: {rss} MiB")
     rows.append(("pg_restore (new db) vs pg_backup_restore mode=replace + verify",

@@ -398,6 +398,20 @@ def test_backup_plan_paths_and_defaults():
     assert (cluster["format"], cluster["name"]) == ("plain", "cluster.sql.gz")
 
 
+def test_compress_level_becomes_pg_dump_z_and_goes_into_the_manifest():
+    pg = pgd.PgContainer("db1", "postgres")
+    plan = pgd.backup_plan(
+        {"database": "app", "dest_dir": "/b", "backup_id": "z1", "compress_level": 1}
+    )
+    command = pgd._dump_command(pg, plan, "00000003-1")
+    assert command[command.index("-Z") + 1] == "1"
+    assert command[-1] == "-Fc"
+    assert pgd.build_manifest(plan)["compress_level"] == 1
+    default = pgd.backup_plan({"database": "app", "dest_dir": "/b", "backup_id": "z2"})
+    assert "-Z" not in pgd._dump_command(pg, default, "00000003-1")
+    assert pgd.build_manifest(default)["compress_level"] is None
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -406,6 +420,12 @@ def test_backup_plan_paths_and_defaults():
         ({"database": "a", "backup_id": "x", "compression": "zstd"}, "format=plain only"),
         ({"mode": "globals", "backup_id": "x", "format": "custom"}, "plain SQL only"),
         ({"database": "a", "backup_id": "../etc"}, "not allowed"),
+        (
+            {"database": "a", "backup_id": "x", "format": "plain", "compress_level": 1},
+            "compressed on the host with 'compression'",
+        ),
+        ({"mode": "cluster", "backup_id": "x", "compress_level": 1}, "remove compress_level"),
+        ({"database": "a", "backup_id": "x", "compress_level": 10}, "0 \\(none\\) to 9"),
     ],
 )
 def test_backup_plan_rejects_bad_combinations(params, message):
