@@ -85,9 +85,12 @@ ENCRYPTED_SUFFIX = ".age"
 AGE_RECIPIENT_RE = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
 AGE_SECRET_PREFIX = "AGE-SECRET-KEY-"
 
+# The server's version, the current database's encoding and the databases that accept
+# connections (what pg_dumpall dumps), in one round trip.
 SERVER_INFO_SQL = (
     "SELECT current_setting('server_version'), pg_encoding_to_char(encoding), "
-    "datcollate, datctype FROM pg_database WHERE datname = current_database();"
+    "datcollate, datctype, (SELECT json_agg(datname ORDER BY datname) FROM pg_database "
+    "WHERE datallowconn) FROM pg_database WHERE datname = current_database();"
 )
 
 # Counting runs beside pg_dump: one backend without parallel workers or JIT compilation,
@@ -222,8 +225,14 @@ def label_from_artifact(filename):
 
 
 def parse_server_info(rows):
-    version, encoding, collate, ctype = rows[0]
-    return {"server_version": version, "encoding": encoding, "collate": collate, "ctype": ctype}
+    version, encoding, collate, ctype, databases = rows[0]
+    return {
+        "server_version": version,
+        "encoding": encoding,
+        "collate": collate,
+        "ctype": ctype,
+        "databases": json.loads(databases),
+    }
 
 
 def version_text(line):
@@ -1020,15 +1029,23 @@ class PgContainer:
 
     def database_info(self, database, maintenance_db):
         """``{"owner", "comment", "allow_connections"}`` of a database, or None if absent."""
+        return self.database_infos([database], maintenance_db)[database]
+
+    def database_infos(self, databases, maintenance_db):
+        """:meth:`database_info` of several databases in one round trip: ``{name: info}``."""
+        names = {f"d{number}": name for number, name in enumerate(databases)}
         rows = self.psql(
-            "SELECT pg_get_userbyid(datdba), coalesce(shobj_description(oid, 'pg_database'), ''),"
-            " datallowconn FROM pg_database WHERE datname = :'db';",
+            "SELECT datname, pg_get_userbyid(datdba), "
+            "coalesce(shobj_description(oid, 'pg_database'), ''), datallowconn "
+            "FROM pg_database WHERE datname IN (" + ", ".join(f":'{key}'" for key in names) + ");",
             maintenance_db,
-            variables={"db": database},
+            variables=names,
         )
-        if not rows:
-            return None
-        return {"owner": rows[0][0], "comment": rows[0][1], "allow_connections": rows[0][2] == "t"}
+        found = {
+            row[0]: {"owner": row[1], "comment": row[2], "allow_connections": row[3] == "t"}
+            for row in rows
+        }
+        return {name: found.get(name) for name in databases}
 
     def row_counts(self, database):
         rows = self.psql(ROW_COUNT_SQL, database, timeout=SESSION_TIMEOUT)
@@ -1534,13 +1551,7 @@ def produce_file(final_path, write, verify, before_publish=None):
 def _backup_manifest(pg, plan, info, state, sha256, size, method, started):
     databases = [plan["database"]] if plan["database"] else []
     if plan["mode"] == "cluster":
-        databases = [
-            row[0]
-            for row in pg.psql(
-                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1;",
-                plan["database"] or "postgres",
-            )
-        ]
+        databases = info["databases"]  # read just before pg_dumpall started
     tools = state.get("tools") or _tool_versions(pg, plan)
     encrypted = {}
     if plan["recipients"]:
@@ -1973,7 +1984,12 @@ def run_restore(params, check_mode=False):
         "previous_database": None,
         "verification": {"backup": checks, "rows": None},
     }
-    current = pg.database_info(target, maintenance_db)
+    short = manifest["sha256"][:8]
+    work_name = pg_identifier(target, f"__restore_{short}")
+    previous_name = pg_identifier(target, f"__pre_{backup_id}")
+    # the target, and the names a replace would use, looked up at once
+    infos = pg.database_infos([target, work_name, previous_name], maintenance_db)
+    current = infos[target]
     if current is not None and current["comment"] == marker:
         result["restored_rows"] = pg.row_counts(target) if params.get("verify_rows", True) else {}
         result.update(
@@ -1989,11 +2005,10 @@ def run_restore(params, check_mode=False):
             "another database name"
         )
     replacing = mode == "replace" and current is not None
-    short = manifest["sha256"][:8]
-    work_db = pg_identifier(target, f"__restore_{short}") if replacing else target
-    previous = pg_identifier(target, f"__pre_{backup_id}") if replacing else None
+    work_db = work_name if replacing else target
+    previous = previous_name if replacing else None
     owner = params.get("owner") or (current["owner"] if replacing else None)
-    if replacing and pg.database_info(previous, maintenance_db) is not None:
+    if replacing and infos[previous] is not None:
         raise PgDockerError(
             f"database {previous} already exists (kept by an earlier replace from backup "
             f'{backup_id}): drop or rename it first (DROP DATABASE "{previous}"), then re-run'
@@ -2019,7 +2034,7 @@ def run_restore(params, check_mode=False):
         )
         return result
 
-    if replacing and pg.database_info(work_db, maintenance_db) is not None:
+    if replacing and infos[work_db] is not None:
         _drop_database(pg, work_db, maintenance_db)  # left over by an interrupted run
     _create_database(pg, work_db, owner, manifest, maintenance_db)
     swapped = False
