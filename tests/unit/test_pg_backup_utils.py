@@ -471,6 +471,35 @@ def test_errors_name_cause_and_fix(stderr, expected):
     assert expected in pgd.PgContainer("C", "app").explain(stderr, 1)
 
 
+def fake_docker(tmp_path: Path, has_sh: bool) -> str:
+    """A docker CLI stand-in: `exec ... CONTAINER CMD...` runs CMD as the image would."""
+    script = tmp_path / "docker"
+    script.write_text(
+        f"#!{PY}\n"
+        "import sys\n"
+        "cmd = sys.argv[sys.argv.index('C') + 1:]\n"
+        "if cmd[0] == 'sh':\n"
+        f"    if not {has_sh}:\n"
+        "        sys.exit(127)\n"
+        "    cmd = cmd[4:]\n"
+        "else:\n"
+        "    cmd = [cmd[0]]\n"
+        "for program in cmd:\n"
+        "    print(f'{program} (PostgreSQL) 15.4 (Debian 15.4-1)')\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("has_sh", [True, False], ids=["one-exec", "no-sh-in-image"])
+def test_client_versions_with_and_without_a_shell_in_the_image(tmp_path, has_sh):
+    pg = pgd.PgContainer("C", "app", docker_cli=fake_docker(tmp_path, has_sh))
+    versions = pg.client_versions(("pg_dump", "pg_dumpall", "pg_restore"))
+    assert versions == dict.fromkeys(
+        ("pg_dump", "pg_dumpall", "pg_restore"), "15.4 (Debian 15.4-1)"
+    )
+
+
 def test_missing_docker_cli_is_a_clear_error(tmp_path):
     pg = pgd.PgContainer("C", "app", docker_cli=str(tmp_path / "docker"))
     with pytest.raises(pgd.PgDockerError, match="not found: install it or set docker_cli"):
