@@ -265,7 +265,8 @@ manifest:
       C(mode), C(format), C(compression), C(database), C(databases), C(jobs), C(container),
       C(server_version), C(pg_dump_version), C(tools) (client versions), C(snapshot), C(size),
       C(sha256), C(duration_seconds), C(timings) (C(dump_seconds), from the start until the dump
-      stream ended, and C(verify_seconds), the readability check after it), C(row_counts)
+      stream ended, and C(verify_seconds), the readability check after it, about 0 for custom
+      archives, which are checked while they stream), C(row_counts)
       (C(schema.table) to exact rows, counted while the dump streams, in its snapshot),
       C(row_counts_scope), C(database_encoding), C(verified) (always V(true)), C(verify_method),
       C(encryption) (V(null), or C(tool) V(age) and its C(recipients)).

@@ -1027,12 +1027,8 @@ class PgContainer:
         )
         return parse_server_info(rows)
 
-    def database_info(self, database, maintenance_db):
-        """``{"owner", "comment", "allow_connections"}`` of a database, or None if absent."""
-        return self.database_infos([database], maintenance_db)[database]
-
     def database_infos(self, databases, maintenance_db):
-        """:meth:`database_info` of several databases in one round trip: ``{name: info}``."""
+        """``{name: {"owner", "comment", "allow_connections"} or None if absent}``, one query."""
         names = {f"d{number}": name for number, name in enumerate(databases)}
         rows = self.psql(
             "SELECT datname, pg_get_userbyid(datdba), "
