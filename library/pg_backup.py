@@ -303,9 +303,16 @@ size:
   returned: always
   type: int
 duration_seconds:
-  description: Time the dump and its verification took; 0 when nothing was dumped.
+  description: Time the dump and its verification took (from the snapshot to the rename, under
+    the backup's lock); 0 when nothing was dumped.
   returned: always
   type: float
+elapsed_seconds:
+  description: Wall time of the whole module run on the host, also when nothing was dumped
+    (connecting, locking, dumping, verifying, publishing; Ansible's own start-up is not in it).
+  returned: always
+  type: float
+  sample: 0.95
 msg:
   description: What was done, or would be done in check mode.
   returned: always

@@ -1027,21 +1027,29 @@ class PgContainer:
         )
         return parse_server_info(rows)
 
-    def database_infos(self, databases, maintenance_db):
-        """``{name: {"owner", "comment", "allow_connections"} or None if absent}``, one query."""
+    def server_and_databases(self, databases, maintenance_db):
+        """The server's facts and ``{name: {"owner", "comment", "allow_connections"} or None}``.
+
+        One psql call: connection, password and role problems show up here, naming
+        ``maintenance_db``.
+        """
         names = {f"d{number}": name for number, name in enumerate(databases)}
-        rows = self.psql(
+        lookup = (
             "SELECT datname, pg_get_userbyid(datdba), "
             "coalesce(shobj_description(oid, 'pg_database'), ''), datallowconn "
-            "FROM pg_database WHERE datname IN (" + ", ".join(f":'{key}'" for key in names) + ");",
+            "FROM pg_database WHERE datname IN (" + ", ".join(f":'{key}'" for key in names) + ");"
+        )
+        rows = self.psql(
+            f"{SERVER_INFO_SQL}\n{lookup}",
             maintenance_db,
             variables=names,
+            context=f" while connecting to database {maintenance_db}",
         )
         found = {
             row[0]: {"owner": row[1], "comment": row[2], "allow_connections": row[3] == "t"}
-            for row in rows
+            for row in rows[1:]
         }
-        return {name: found.get(name) for name in databases}
+        return parse_server_info(rows[:1]), {name: found.get(name) for name in databases}
 
     def row_counts(self, database):
         rows = self.psql(ROW_COUNT_SQL, database, timeout=SESSION_TIMEOUT)
@@ -1603,7 +1611,19 @@ def _zstd_version():
 
 
 def run_backup(params, check_mode=False):
-    """Take (or confirm) one backup; returns the module result (without 'msg' on success)."""
+    """Take (or confirm) one backup; returns the module result.
+
+    ``elapsed_seconds`` is the wall time of the whole call (connecting, locking, dumping,
+    verifying, publishing); the manifest's ``duration_seconds`` covers the part under the
+    lock, from the snapshot to the rename.
+    """
+    begun = time.monotonic()
+    result = _run_backup(params, check_mode)
+    result["elapsed_seconds"] = round(time.monotonic() - begun, 3)
+    return result
+
+
+def _run_backup(params, check_mode):
     plan = backup_plan(params)
     pg = PgContainer(
         params["container"],
@@ -1969,7 +1989,12 @@ def run_restore(params, check_mode=False):
     identity = params.get("decrypt_identity_file")
     require_identity(manifest, identity, path)
     pg.check_running()
-    pg.server_info(maintenance_db)  # connection, password and role problems show up here
+    short = manifest["sha256"][:8]
+    work_name = pg_identifier(target, f"__restore_{short}")
+    previous_name = pg_identifier(target, f"__pre_{backup_id}")
+    # one round trip: connection, password and role problems show up here, and the target
+    # and the names a replace uses are looked up (nothing is changed before verification)
+    _, infos = pg.server_and_databases([target, work_name, previous_name], maintenance_db)
     checks = verify_backup(pg, path, manifest, identity)
     marker = restore_marker(backup_id, manifest["sha256"])
     result = {
@@ -1980,11 +2005,6 @@ def run_restore(params, check_mode=False):
         "previous_database": None,
         "verification": {"backup": checks, "rows": None},
     }
-    short = manifest["sha256"][:8]
-    work_name = pg_identifier(target, f"__restore_{short}")
-    previous_name = pg_identifier(target, f"__pre_{backup_id}")
-    # the target, and the names a replace would use, looked up at once
-    infos = pg.database_infos([target, work_name, previous_name], maintenance_db)
     current = infos[target]
     if current is not None and current["comment"] == marker:
         result["restored_rows"] = pg.row_counts(target) if params.get("verify_rows", True) else {}
@@ -2048,14 +2068,11 @@ def run_restore(params, check_mode=False):
                 )
             result["restored_rows"] = actual
             result["verification"]["rows"] = "exact match with the manifest's row counts"
-        pg.psql(
-            "COMMENT ON DATABASE :\"db\" IS :'marker';",
-            maintenance_db,
-            variables={"db": work_db, "marker": marker},
-        )
         if replacing:
-            _swap(pg, target, work_db, previous, maintenance_db)
+            _swap(pg, target, work_db, previous, maintenance_db, marker)
             swapped = True
+        else:
+            pg.psql(MARK_SQL, maintenance_db, variables={"work": work_db, "marker": marker})
     except BaseException:
         if not swapped:
             with contextlib.suppress(PgDockerError):
@@ -2100,6 +2117,10 @@ def _drop_database(pg, name, maintenance_db):
     )
 
 
+MARK_SQL = "COMMENT ON DATABASE :\"work\" IS :'marker';\n"
+
+BLOCK_SQL = 'ALTER DATABASE :"target" WITH ALLOW_CONNECTIONS false;\n'
+
 SWAP_SQL = """
 SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
  WHERE datname = :'target' AND pid <> pg_backend_pid();
@@ -2109,16 +2130,41 @@ ALTER DATABASE :"work" RENAME TO :"target";
 COMMIT;
 """
 
+UNBLOCK_SQL = 'ALTER DATABASE :"db" WITH ALLOW_CONNECTIONS true;\n'
 
-def _swap(pg, target, work_db, previous, maintenance_db, attempts=10):
-    """Put ``work_db`` in place of ``target`` (kept as ``previous``), in one transaction."""
-    variables = {"target": target, "work": work_db, "previous": previous}
-    pg.psql(
-        'ALTER DATABASE :"target" WITH ALLOW_CONNECTIONS false;',
-        maintenance_db,
-        variables=variables,
-        context=f" blocking new connections to {target}",
-    )
+
+def _swap(pg, target, work_db, previous, maintenance_db, marker, attempts=10):
+    """Mark ``work_db`` restored and put it in place of ``target`` (kept as ``previous``).
+
+    The renames happen in one transaction, after new connections to ``target`` are
+    blocked and its sessions ended.  The common case takes one psql call; if that fails
+    (a session that would not end, a permission), the state is looked up and the swap is
+    retried step by step, so ``target`` never stays blocked.
+    """
+    variables = {
+        "target": target,
+        "work": work_db,
+        "previous": previous,
+        "marker": marker,
+        "db": previous,
+    }
+    try:
+        pg.psql(
+            MARK_SQL + BLOCK_SQL + SWAP_SQL + UNBLOCK_SQL,
+            maintenance_db,
+            variables=variables,
+            context=f" swapping {target}",
+        )
+        return
+    except CommandError:
+        pass  # the careful path below finds out how far it got
+    _, infos = pg.server_and_databases([target, previous], maintenance_db)
+    if infos[previous] is not None and (infos[target] or {}).get("comment") == marker:
+        # renamed; only the old database's connection permission is left to give back
+        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous})
+        return
+    pg.psql(MARK_SQL, maintenance_db, variables=variables, context=f" marking {work_db}")
+    pg.psql(BLOCK_SQL, maintenance_db, variables=variables, context=f" blocking {target}")
     swapped = False
     try:
         for attempt in range(attempts):
@@ -2134,8 +2180,4 @@ def _swap(pg, target, work_db, previous, maintenance_db, attempts=10):
                 time.sleep(0.5)
     finally:
         # the old database (renamed or not) gets its connection permission back
-        pg.psql(
-            'ALTER DATABASE :"db" WITH ALLOW_CONNECTIONS true;',
-            maintenance_db,
-            variables={"db": previous if swapped else target},
-        )
+        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous if swapped else target})

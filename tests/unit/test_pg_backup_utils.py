@@ -595,3 +595,98 @@ def test_lock_held_elsewhere_times_out_clearly(tmp_path):
         os.close(fd)
     with pgd.file_lock(str(lock), timeout=0.5) as held:
         assert held == str(lock)
+
+
+# --------------------------------------------------------------------------- replace swap
+
+
+class FakeServer:
+    """Databases as a dict, changed by the swap's SQL steps in the order psql runs them.
+
+    ``fail`` maps a step (mark, block, swap, unblock) to how many times it fails next,
+    with which stderr; psql stops at the first failing step, as ON_ERROR_STOP=1 does.
+    """
+
+    STEPS = (("mark", "MARK_SQL"), ("block", "BLOCK_SQL"), ("swap", "SWAP_SQL"),
+             ("unblock", "UNBLOCK_SQL"))  # fmt: skip
+    server_and_databases = pgd.PgContainer.server_and_databases  # the real query and parsing
+
+    def __init__(self, fail=None):
+        self.dbs = {
+            "app": {"owner": "app", "comment": "", "allow": True},
+            "app__work": {"owner": "app", "comment": "", "allow": True},
+        }
+        self.fail = dict(fail or {})
+        self.calls = []
+
+    def psql(self, sql, database, variables=None, context="", timeout=None):
+        v = variables or {}
+        if sql.startswith(pgd.SERVER_INFO_SQL):
+            self.calls.append("lookup")
+            rows = [["15.4", "UTF8", "C", "C", json.dumps(sorted(self.dbs))]]
+            for name in v.values():
+                if name in self.dbs:
+                    db = self.dbs[name]
+                    rows.append([name, db["owner"], db["comment"], "t" if db["allow"] else "f"])
+            return rows
+        steps = [name for name, const in self.STEPS if getattr(pgd, const) in sql]
+        self.calls.append("+".join(steps))
+        for step in steps:
+            count, stderr = self.fail.get(step, (0, ""))
+            if count:
+                self.fail[step] = (count - 1, stderr)
+                raise pgd.CommandError(f"psql: {stderr}", 3, stderr)
+            if step == "mark":
+                self.dbs[v["work"]]["comment"] = v["marker"]
+            elif step == "block":
+                self.dbs[v["target"]]["allow"] = False
+            elif step == "swap":
+                self.dbs[v["previous"]] = self.dbs.pop(v["target"])
+                self.dbs[v["target"]] = self.dbs.pop(v["work"])
+            else:
+                self.dbs[v["db"]]["allow"] = True
+        return []
+
+
+def swap(server):
+    pgd._swap(server, "app", "app__work", "app__pre_b1", "postgres", "MARK", attempts=3)
+
+
+def assert_swapped(server):
+    assert server.dbs["app"]["comment"] == "MARK"
+    assert server.dbs["app"]["allow"]
+    assert server.dbs["app__pre_b1"]["allow"]
+    assert "app__work" not in server.dbs
+
+
+def test_swap_takes_one_psql_call_when_nothing_goes_wrong():
+    server = FakeServer()
+    swap(server)
+    assert server.calls == ["mark+block+swap+unblock"]
+    assert_swapped(server)
+
+
+def test_swap_retries_step_by_step_while_old_sessions_linger():
+    busy = 'ERROR:  database "app" is being accessed by other users'
+    server = FakeServer(fail={"swap": (2, busy)})
+    swap(server)
+    assert server.calls == ["mark+block+swap+unblock", "lookup", "mark", "block", "swap", "swap",
+                            "unblock"]  # fmt: skip
+    assert_swapped(server)
+
+
+def test_swap_that_failed_after_commit_only_gives_the_old_database_its_connections_back():
+    server = FakeServer(fail={"unblock": (1, "ERROR:  connection lost")})
+    swap(server)
+    assert server.calls == ["mark+block+swap+unblock", "lookup", "unblock"]
+    assert_swapped(server)
+
+
+def test_swap_that_cannot_rename_leaves_the_live_database_as_it_was():
+    denied = "ERROR:  must be owner of database app"
+    server = FakeServer(fail={"swap": (5, denied)})
+    with pytest.raises(pgd.CommandError, match="must be owner"):
+        swap(server)
+    assert server.dbs["app"] == {"owner": "app", "comment": "", "allow": True}
+    assert server.dbs["app__work"]["comment"] == "MARK"  # the caller drops it
+    assert "app__pre_b1" not in server.dbs
