@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -487,6 +488,16 @@ class _Gzip:
         return self._obj.flush()
 
 
+def _widen_pipe(stream):
+    """Let the pipe behind ``stream`` hold CHUNK_SIZE bytes (Linux; best effort).
+
+    With the default 64 KiB the writer (the docker CLI) and this process wake each other
+    16 times per MiB; on a busy host those switches cost measurable CPU on big dumps.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, CHUNK_SIZE)
+
+
 def _stderr_text(handle, limit=4000):
     handle.seek(0)
     return handle.read().decode("utf-8", errors="replace").strip()[-limit:]
@@ -553,6 +564,7 @@ def stream_to_file(
             )
             procs.append(check)
         check_open = check is not None
+        _widen_pipe(source)
         with open(out_path, "wb") as out:
             while chunk := source.read(CHUNK_SIZE):
                 if check_open:
@@ -688,6 +700,7 @@ def stream_encrypted(argv, out_path, recipients, env=None, compression="none", c
             if check_argv:
                 check = start(check_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
             check_open = check is not None
+            _widen_pipe(producer.stdout)
             while chunk := producer.stdout.read(CHUNK_SIZE):
                 state["tail"] = (state["tail"] + chunk)[-TAIL_BYTES:]
                 if check_open:

@@ -690,3 +690,14 @@ def test_swap_that_cannot_rename_leaves_the_live_database_as_it_was():
     assert server.dbs["app"] == {"owner": "app", "comment": "", "allow": True}
     assert server.dbs["app__work"]["comment"] == "MARK"  # the caller drops it
     assert "app__pre_b1" not in server.dbs
+
+
+def test_dump_pipe_is_widened_to_one_chunk():
+    read, write = os.pipe()
+    try:
+        with os.fdopen(read, "rb", closefd=False) as stream:
+            pgd._widen_pipe(stream)
+        assert fcntl.fcntl(read, fcntl.F_GETPIPE_SZ) == pgd.CHUNK_SIZE
+    finally:
+        os.close(read)
+        os.close(write)
