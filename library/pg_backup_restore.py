@@ -24,7 +24,9 @@ description:
     checks the row counts there. Only then does it block new connections to the live database
     (C(ALLOW_CONNECTIONS false)), terminate its sessions and, in one transaction, rename the live
     database to C({database}__pre_{backup_id}) and the temporary one to the target name; the old
-    database gets its connection permission back. If anything fails before the swap, the
+    database gets its connection permission back. The marker and these steps go to the server in
+    one psql call; if that call fails, the module looks up how far it got and does the remaining
+    steps one by one, retrying while old sessions linger. If anything fails before the swap, the
     temporary database is dropped and the live database is untouched; it is never half restored.
     Without a live database, O(mode=replace) behaves like O(mode=new).
   - Custom dumps are restored with C(pg_restore --exit-on-error), read from stdin, or from a copy
