@@ -484,8 +484,9 @@ def fake_docker(tmp_path: Path, has_sh: bool) -> str:
         "    cmd = cmd[4:]\n"
         "else:\n"
         "    cmd = [cmd[0]]\n"
+        "minor = {'pg_dump': 4, 'pg_dumpall': 5, 'pg_restore': 6}\n"
         "for program in cmd:\n"
-        "    print(f'{program} (PostgreSQL) 15.4 (Debian 15.4-1)')\n"
+        "    print(f'{program} (PostgreSQL) 15.{minor[program]} (Debian)')\n"
     )
     script.chmod(0o755)
     return str(script)
@@ -495,9 +496,12 @@ def fake_docker(tmp_path: Path, has_sh: bool) -> str:
 def test_client_versions_with_and_without_a_shell_in_the_image(tmp_path, has_sh):
     pg = pgd.PgContainer("C", "app", docker_cli=fake_docker(tmp_path, has_sh))
     versions = pg.client_versions(("pg_dump", "pg_dumpall", "pg_restore"))
-    assert versions == dict.fromkeys(
-        ("pg_dump", "pg_dumpall", "pg_restore"), "15.4 (Debian 15.4-1)"
-    )
+    # each program's own line, in order, in both ways of asking
+    assert versions == {
+        "pg_dump": "15.4 (Debian)",
+        "pg_dumpall": "15.5 (Debian)",
+        "pg_restore": "15.6 (Debian)",
+    }
 
 
 def test_missing_docker_cli_is_a_clear_error(tmp_path):
