@@ -971,6 +971,17 @@ class PgContainer:
                 f"PostgreSQL in container {c} is not accepting connections{context} ({detail}): "
                 f"wait until `docker exec {c} pg_isready` succeeds, or check docker logs {c}"
             )
+        if (
+            "server closed the connection unexpectedly" in lower
+            or "unexpected postmaster exit" in lower
+            or "terminating connection due to administrator command" in lower
+        ):
+            return (
+                f"the PostgreSQL server in container {c} went away{context} ({detail}): the "
+                f"container was stopped or killed, or the server was shut down or crashed, while "
+                f"the command ran{self._state_note()}; check docker ps -a / docker logs {c}, "
+                "then re-run"
+            )
         if returncode in (137, 143) or "signal" in lower:
             return (
                 f"the client in container {c} was killed{context} (exit {returncode}): the "
@@ -985,6 +996,20 @@ class PgContainer:
             f"command failed in container {c}{context} (exit {returncode}): "
             f"{stderr.strip()[-2000:]}"
         )
+
+    def _state_note(self):
+        """', container state now: ...' from docker inspect, or '' when it cannot be read."""
+        argv = [
+            self.docker_cli, "inspect", "--format",
+            "{{.State.Status}} (exit code {{.State.ExitCode}}, OOMKilled={{.State.OOMKilled}})",
+            self.container,
+        ]  # fmt: skip
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        state = proc.stdout.strip()
+        return f"; container state now: {state}" if proc.returncode == 0 and state else ""
 
     def check_running(self):
         """Fail unless the container exists and runs."""
