@@ -466,7 +466,7 @@ def test_without_password_the_local_socket_is_used(monkeypatch):
         ('FATAL:  role "bob" does not exist', "check login_user"),
         ("pg_dump: error: could not write: No space left on device", "free space"),
         (
-            "pg_dump: error: Dumping the contents of table \"blob\" failed: PQgetCopyData() "
+            'pg_dump: error: Dumping the contents of table "blob" failed: PQgetCopyData() '
             "failed.\npg_dump: detail: Error message from server: server closed the connection "
             "unexpectedly\n\tThis probably means the server terminated abnormally",
             "stopped or killed",
