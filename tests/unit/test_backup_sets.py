@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from ansible.module_utils.backup_sets import BackupSetError, list_sets, prune, select_keep
+
+from tests.ansible_cli import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
@@ -108,42 +108,18 @@ def test_incomplete_sets_pruned_only_when_old(tmp_path):
     assert not old.exists()
 
 
-def run_module(args: dict, *flags: str) -> dict:
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible"),
-            "localhost",
-            "-m",
-            "backup_sets",
-            "-a",
-            json.dumps(args),
-            "-o",
-            *flags,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-    )
-    out = proc.stdout.strip()
-    assert "=>" in out, proc.stdout + proc.stderr
-    status = out.split("|")[1].strip().split(" ")[0]
-    return {"status": status, **json.loads(out.split("=>", 1)[1])}
-
-
 def test_module_check_mode_then_prune(tmp_path):
     ids = daily_sets(tmp_path, 4)
     args = {"path": str(tmp_path), "state": "pruned", "keep_last": 2, "keep_daily": 0}
     args.update(keep_weekly=0, keep_monthly=0)
-    checked = run_module(args, "--check")
+    checked = run_module("backup_sets", args, "--check")
     assert checked["status"] == "CHANGED"
     assert checked["deleted"] == sorted(ids[2:])
     assert len(list(tmp_path.iterdir())) == 4
-    done = run_module(args)
+    done = run_module("backup_sets", args)
     assert done["deleted"] == sorted(ids[2:])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ids[:2])
-    again = run_module(args)
+    again = run_module("backup_sets", args)
     assert again["status"] == "SUCCESS"
     assert again["deleted"] == []
     assert again["latest"]["backup_id"] == ids[0]

@@ -64,7 +64,18 @@ def test_config_snapshot_has_no_secret(host):
     assert "compose.yaml" in names
     for name in names:
         snap = host.file(f"{SET}/config/{name}")
+        assert snap.mode == 0o600
         assert snap.content_string == host.file(f"/srv/fastapi-monolith/{name}").content_string
+    assert host.file(f"{SET}/config").mode == 0o700
+
+
+def test_set_json_checksums_every_config_file(host):
+    recorded = set_meta(host)["config"]
+    stored = host.check_output(f"cd {SET} && find config -type f").split()
+    assert sorted(recorded) == sorted(stored)
+    assert "config/env.masked" in recorded
+    for name, digest in recorded.items():
+        assert host.check_output(f"sha256sum {SET}/{name}").split()[0] == digest, name
 
 
 def test_metrics_for_node_exporter(host):

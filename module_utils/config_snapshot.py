@@ -1,0 +1,272 @@
+"""The configuration snapshot of a deployed project directory, in one pass.
+
+Walks the project directory, copies every regular file into the snapshot directory
+(files 0600, directories 0700, each write atomic and durable), stores .env either with its
+secret values masked or whole but encrypted with age, and returns the sha256 of every file
+it stored. Files already stored with the same content and mode are left alone, so a re-run
+of the same backup set reports no change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from ansible.module_utils.fileops import fsync_directory
+
+CHUNK = 1024 * 1024
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+MASK = "***MASKED***"
+MASKED_NAME = "env.masked"
+ENCRYPTED_NAME = "env.age"
+ENV_LINE_RE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)(\s*=).*$")
+
+
+class SnapshotError(Exception):
+    """A snapshot step failed; the message names the cause and the fix."""
+
+
+def _os_message(exc, what):
+    return f"{what}: {exc.strerror or exc} ({getattr(exc, 'filename', None) or ''})"
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(src, env_name, excludes):
+    """Relative paths of the regular files to copy, sorted.
+
+    Hidden files and directories (a name starting with '.') are left out, .env among them
+    (it is stored masked or encrypted instead); so are names matching an ``excludes``
+    pattern. Symbolic links to files are followed; links to directories are not walked.
+    """
+    if not os.path.isdir(src):
+        raise SnapshotError(
+            f"project directory {src} does not exist or is not a directory: check "
+            "stack_project_dir (the directory holding compose.yaml on the host)"
+        )
+    found = []
+    for top, dirs, files in os.walk(src, onerror=_raise_walk_error):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith(".") or name == env_name:
+                continue
+            if any(fnmatch.fnmatch(name, pattern) for pattern in excludes):
+                continue
+            path = os.path.join(top, name)
+            if os.path.isfile(path):
+                found.append(os.path.relpath(path, src))
+    return sorted(found)
+
+
+def _raise_walk_error(exc):
+    raise SnapshotError(_os_message(exc, "cannot read the project directory"))
+
+
+def mask_env(text, secret_pattern):
+    """.env text with the value of every variable whose name matches ``secret_pattern``
+    (case-insensitive search) replaced by ***MASKED***; other lines unchanged."""
+    secret = re.compile(secret_pattern, re.IGNORECASE)
+    lines = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        match = ENV_LINE_RE.match(body)
+        if match and secret.search(match.group(2)):
+            line = f"{match.group(1)}{match.group(2)}{match.group(3)}{MASK}{line[len(body) :]}"
+        lines.append(line)
+    return "".join(lines)
+
+
+class Snapshot:
+    """One snapshot run: ``plan`` compares, ``apply`` writes (not called in check mode)."""
+
+    def __init__(self, src, dest, excludes=("*.lock",), env_file=".env", recipients=(),
+                 secret_pattern="PASSWORD|SECRET|TOKEN|KEY", age_binary=None):  # fmt: skip
+        self.src = src
+        self.dest = dest
+        self.excludes = list(excludes)
+        self.env_file = env_file
+        self.recipients = list(recipients)
+        self.secret_pattern = secret_pattern
+        self.age_binary = age_binary
+        self.checksums = {}  # stored name -> sha256 (None: would be created by age)
+        self.changes = []  # stored names written (or that would be)
+        self.env_stored = "absent"
+        self._copies = []  # relative names to copy (stored under the same name)
+        self._masked = None  # masked .env bytes to write
+        self._encrypt = False
+
+    # ------------------------------------------------------------------ compare
+
+    def plan(self):
+        for rel in list_files(self.src, os.path.basename(self.env_file), self.excludes):
+            digest = sha256_file(os.path.join(self.src, rel))
+            self.checksums[rel] = digest
+            if not self._stored_as(rel, digest):
+                self._copies.append(rel)
+                self.changes.append(rel)
+        self._plan_env()
+        for rel in sorted({os.path.dirname(name) for name in self.checksums} | {""}):
+            for part in _ancestors(rel):
+                path = os.path.join(self.dest, part)
+                if not (os.path.isdir(path) and _mode(path) == DIR_MODE):
+                    label = f"{part}/" if part else "./"
+                    if label not in self.changes:
+                        self.changes.append(label)
+        return self
+
+    def _plan_env(self):
+        env_path = os.path.join(self.src, self.env_file)
+        if not os.path.isfile(env_path):
+            return
+        if self.recipients:
+            self.env_stored = "encrypted"
+            stored = os.path.join(self.dest, ENCRYPTED_NAME)
+            if os.path.isfile(stored):  # age output differs on every run: keep the first one
+                self.checksums[ENCRYPTED_NAME] = sha256_file(stored)
+                if _mode(stored) != FILE_MODE:
+                    self.changes.append(ENCRYPTED_NAME)
+            else:
+                self.checksums[ENCRYPTED_NAME] = None
+                self.changes.append(ENCRYPTED_NAME)
+                self._encrypt = True
+        else:
+            self.env_stored = "masked"
+            with open(env_path, encoding="utf-8", errors="surrogateescape") as handle:
+                masked = mask_env(handle.read(), self.secret_pattern)
+            data = masked.encode("utf-8", errors="surrogateescape")
+            digest = hashlib.sha256(data).hexdigest()
+            self.checksums[MASKED_NAME] = digest
+            if not self._stored_as(MASKED_NAME, digest):
+                self._masked = data
+                self.changes.append(MASKED_NAME)
+
+    def _stored_as(self, name, digest):
+        path = os.path.join(self.dest, name)
+        try:
+            return os.path.isfile(path) and _mode(path) == FILE_MODE and sha256_file(path) == digest
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------ act
+
+    def apply(self):
+        dirs = sorted({os.path.dirname(name) for name in self.checksums} | {""})
+        for directory in dirs:
+            self._make_dirs(directory)
+        for rel in self._copies:
+            with open(os.path.join(self.src, rel), "rb") as source:
+                digest = self._write(rel, iter(lambda: source.read(CHUNK), b""))
+            self.checksums[rel] = digest  # what was written, even if the source just changed
+        if self._masked is not None:
+            self._write(MASKED_NAME, [self._masked])
+        if self._encrypt:
+            self.checksums[ENCRYPTED_NAME] = self._encrypt_env()
+        elif self.env_stored == "encrypted" and ENCRYPTED_NAME in self.changes:
+            os.chmod(os.path.join(self.dest, ENCRYPTED_NAME), FILE_MODE)
+        for directory in dirs:
+            fsync_directory(os.path.join(self.dest, directory))
+        return self
+
+    def _make_dirs(self, rel):
+        for part in _ancestors(rel):
+            path = os.path.join(self.dest, part)
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise SnapshotError(
+                        f"{path} exists in the backup set but is not a directory: move it away "
+                        "and re-run"
+                    ) from None
+            os.chmod(path, DIR_MODE)
+
+    def _write(self, name, chunks):
+        """Write ``chunks`` (an iterable of bytes) to dest/name atomically; return its sha256."""
+        target = os.path.join(self.dest, name)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(target))
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), FILE_MODE)
+                for chunk in chunks:
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return digest.hexdigest()
+
+    def _encrypt_env(self):
+        target = os.path.join(self.dest, ENCRYPTED_NAME)
+        age = self.age_binary or shutil.which("age")
+        if age is None:
+            raise SnapshotError(
+                "the age binary is required on the host to store .env encrypted "
+                "(backup_encrypt_recipients) but was not found in PATH: apt-get install age"
+            )
+        argv = [age]
+        for recipient in self.recipients:
+            argv += ["-r", recipient]
+        argv.append(os.path.join(self.src, self.env_file))
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.dest)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), FILE_MODE)
+                proc = subprocess.run(
+                    argv, stdout=out, stderr=subprocess.PIPE, timeout=60, check=False
+                )
+                if proc.returncode != 0:
+                    error = proc.stderr.decode("utf-8", errors="replace").strip()
+                    raise SnapshotError(
+                        f"age could not encrypt {self.env_file} (exit {proc.returncode}): "
+                        f"{error[-500:]}; check backup_encrypt_recipients"
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return sha256_file(target)
+
+
+def _ancestors(rel):
+    """'' and every parent of the relative directory ``rel``, outermost first."""
+    parts = [p for p in rel.split(os.sep) if p]
+    return [""] + [os.sep.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o7777
+
+
+def take_snapshot(snapshot, check_mode):
+    """Plan, and apply unless ``check_mode``; OSError becomes a SnapshotError naming the file."""
+    try:
+        snapshot.plan()
+        if not check_mode and snapshot.changes:
+            snapshot.apply()
+    except OSError as exc:
+        raise SnapshotError(
+            _os_message(exc, "the configuration snapshot failed")
+            + ": check free space and permissions of the backup directory, then re-run"
+        ) from None
+    return snapshot
