@@ -141,3 +141,73 @@ def prune(
                     "Check permissions and free space, then re-run."
                 ) from None
     return doomed
+
+
+LOCK_NAME = ".lock"
+DIR_MODE = 0o700
+
+
+def open_run(
+    backup_dir: str,
+    backup_id: str,
+    stale_hours: float,
+    check_mode: bool,
+    now: float | None = None,
+) -> dict:
+    """Start a backup run: the backup directory (0700), the run lock, whether the set exists.
+
+    The lock is a directory created with mkdir, which is atomic: of two runs at once exactly
+    one gets it. It is not taken in check mode. Returns changed (the backup directory was
+    created or fixed, or would be), set_exists, locked and lock (its path).
+    """
+    lock = os.path.join(backup_dir, LOCK_NAME)
+    result = {"changed": False, "set_exists": False, "locked": False, "lock": lock}
+    try:
+        if not os.path.isdir(backup_dir):
+            result["changed"] = True
+            if check_mode:
+                return result
+            os.makedirs(backup_dir, DIR_MODE)
+        info = os.stat(backup_dir)
+        wrong_owner = os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0)
+        if info.st_mode & 0o7777 != DIR_MODE or wrong_owner:
+            result["changed"] = True
+            if not check_mode:
+                os.chmod(backup_dir, DIR_MODE)
+                if wrong_owner:
+                    os.chown(backup_dir, 0, 0)
+        result["set_exists"] = os.path.isdir(os.path.join(backup_dir, backup_id))
+        if check_mode:
+            return result
+        os.mkdir(lock, DIR_MODE)
+    except FileExistsError:
+        raise BackupSetError(_held_message(lock, stale_hours, now)) from None
+    except OSError as exc:
+        raise BackupSetError(
+            f"cannot prepare the backup directory {backup_dir}: {exc.strerror or exc}. Check "
+            "that its parent exists and is writable by the backup user (become: true), then "
+            "re-run."
+        ) from None
+    result["locked"] = True
+    return result
+
+
+def _held_message(lock: str, stale_hours: float, now: float | None) -> str:
+    now = time.time() if now is None else now
+    try:
+        since = os.stat(lock).st_mtime
+    except OSError:  # released in between: say so rather than guess an age
+        return f"Another backup held the lock {lock} a moment ago. Nothing was written. Re-run."
+    age_h = (now - since) / 3600
+    when = datetime.fromtimestamp(since, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if age_h >= stale_hours:
+        advice = (
+            f"the lock is older than {stale_hours:g} h and probably stale: if no backup runs "
+            f"(ps -ef | grep pg_dump), remove it with rmdir {lock}"
+        )
+    else:
+        advice = "it will be released when that run ends"
+    return (
+        f"Another backup is running: {lock} exists since {when} ({age_h:.1f} h ago). Nothing "
+        f"was written. Wait for it to finish; {advice}."
+    )

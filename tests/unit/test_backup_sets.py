@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.backup_sets import BackupSetError, list_sets, prune, select_keep
+from ansible.module_utils.backup_sets import (
+    BackupSetError,
+    list_sets,
+    open_run,
+    prune,
+    select_keep,
+)
 
 from tests.ansible_cli import run_module
 
@@ -123,3 +129,44 @@ def test_module_check_mode_then_prune(tmp_path):
     assert again["status"] == "SUCCESS"
     assert again["deleted"] == []
     assert again["latest"]["backup_id"] == ids[0]
+
+
+def test_open_run_makes_the_directory_and_takes_the_lock(tmp_path):
+    backup_dir = tmp_path / "backups" / "app"
+    checked = open_run(str(backup_dir), "s1", 6, check_mode=True)
+    assert checked["changed"] is True
+    assert checked["locked"] is False
+    assert not backup_dir.exists()
+    run = open_run(str(backup_dir), "s1", 6, check_mode=False)
+    assert run == {
+        "changed": True,
+        "set_exists": False,
+        "locked": True,
+        "lock": f"{backup_dir}/.lock",
+    }
+    assert oct(backup_dir.stat().st_mode & 0o777) == "0o700"
+    assert (backup_dir / ".lock").is_dir()
+    (backup_dir / ".lock").rmdir()
+    (backup_dir / "s1").mkdir()
+    again = open_run(str(backup_dir), "s1", 6, check_mode=False)
+    assert again["changed"] is False
+    assert again["set_exists"] is True
+
+
+def test_open_run_refuses_while_another_run_holds_the_lock(tmp_path):
+    open_run(str(tmp_path), "s1", 6, check_mode=False)
+    with pytest.raises(BackupSetError, match="Another backup is running") as held:
+        open_run(str(tmp_path), "s2", 6, check_mode=False)
+    assert "it will be released when that run ends" in str(held.value)
+    later = (tmp_path / ".lock").stat().st_mtime + 7 * 3600
+    with pytest.raises(BackupSetError, match="probably stale") as stale:
+        open_run(str(tmp_path), "s2", 6, check_mode=False, now=later)
+    assert f"rmdir {tmp_path}/.lock" in str(stale.value)
+    assert not (tmp_path / "s2").exists()
+
+
+def test_open_run_fixes_a_loose_directory_mode(tmp_path):
+    tmp_path.chmod(0o755)
+    run = open_run(str(tmp_path), "s1", 6, check_mode=False)
+    assert run["changed"] is True
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o700"
