@@ -199,8 +199,13 @@ def big_db(pg):
 def shop_backup(pg, tmp_path_factory):
     """The custom-format backup of ``shop`` (taken once, used by several tests)."""
     dest = tmp_path_factory.mktemp("backups")
+    started = time.monotonic()
     result = backup(dest, "b1", login_password=PASSWORD)
+    wall = time.monotonic() - started
     assert_ok(result, changed=True)
+    # elapsed_seconds is the whole module run: at least the part under the lock that the
+    # manifest records, and less than the whole ansible command around it.
+    assert result["manifest"]["duration_seconds"] <= result["elapsed_seconds"] < wall
     return dest, result
 
 
