@@ -195,26 +195,15 @@ class Snapshot:
 
     def _write(self, name, chunks):
         """Write ``chunks`` (an iterable of bytes) to dest/name atomically; return its sha256."""
-        target = os.path.join(self.dest, name)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(target))
         digest = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), FILE_MODE)
-                for chunk in chunks:
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with _atomic(os.path.join(self.dest, name)) as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
         return digest.hexdigest()
 
     def _encrypt_env(self):
-        target = os.path.join(self.dest, ENCRYPTED_NAME)
+        """age-encrypt the env file into dest/env.age (only ciphertext is written)."""
         age = self.age_binary or shutil.which("age")
         if age is None:
             raise SnapshotError(
@@ -225,27 +214,45 @@ class Snapshot:
         for recipient in self.recipients:
             argv += ["-r", recipient]
         argv.append(os.path.join(self.src, self.env_file))
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.dest)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), FILE_MODE)
+        target = os.path.join(self.dest, ENCRYPTED_NAME)
+        with _atomic(target) as out:
+            try:
                 proc = subprocess.run(
                     argv, stdout=out, stderr=subprocess.PIPE, timeout=60, check=False
                 )
-                if proc.returncode != 0:
-                    error = proc.stderr.decode("utf-8", errors="replace").strip()
-                    raise SnapshotError(
-                        f"age could not encrypt {self.env_file} (exit {proc.returncode}): "
-                        f"{error[-500:]}; check backup_encrypt_recipients"
-                    )
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            except subprocess.TimeoutExpired:
+                raise SnapshotError(
+                    f"age did not finish encrypting {self.env_file} within 60 s: check the host's "
+                    "load and the age binary, then re-run"
+                ) from None
+            if proc.returncode != 0:
+                error = proc.stderr.decode("utf-8", errors="replace").strip()
+                raise SnapshotError(
+                    f"age could not encrypt {self.env_file} (exit {proc.returncode}): "
+                    f"{error[-500:]}; check backup_encrypt_recipients"
+                )
         return sha256_file(target)
+
+
+@contextlib.contextmanager
+def _atomic(target):
+    """A binary file (mode 0600) that becomes ``target`` only if the block succeeds.
+
+    Written beside the target as a hidden .partial- file, fsynced, then renamed; on any
+    failure the partial file is removed and ``target`` is untouched.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), FILE_MODE)
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _ancestors(rel):
