@@ -977,10 +977,11 @@ class PgContainer:
             or "terminating connection due to administrator command" in lower
         ):
             return (
-                f"the PostgreSQL server in container {c} went away{context} ({detail}): the "
-                f"container was stopped or killed, or the server was shut down or crashed, while "
-                f"the command ran{self._state_note()}; check docker ps -a / docker logs {c}, "
-                "then re-run"
+                f"the PostgreSQL server in container {c} ended the session{context} ({detail}): "
+                "the container was stopped or killed, the server was shut down or crashed, or an "
+                "administrator ended the session (pg_terminate_backend, for example a replace "
+                f"restore of the same database) while the command ran{self._state_note()}; "
+                f"check docker ps -a / docker logs {c}, then re-run"
             )
         if returncode in (137, 143) or "signal" in lower:
             return (
