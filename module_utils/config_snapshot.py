@@ -16,13 +16,18 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 
-from ansible.module_utils.fileops import fsync_directory
+from ansible.module_utils.pg_docker import (
+    CHUNK_SIZE,
+    DIR_MODE,
+    FILE_MODE,
+    PgDockerError,
+    discard,
+    new_partial_path,
+    publish,
+    sha256_file,
+)
 
-CHUNK = 1024 * 1024
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 MASK = "***MASKED***"
 MASKED_NAME = "env.masked"
 ENCRYPTED_NAME = "env.age"
@@ -35,14 +40,6 @@ class SnapshotError(Exception):
 
 def _os_message(exc, what):
     return f"{what}: {exc.strerror or exc} ({getattr(exc, 'filename', None) or ''})"
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_files(src, env_name, excludes):
@@ -112,7 +109,7 @@ class Snapshot:
 
     def plan(self):
         for rel in list_files(self.src, os.path.basename(self.env_file), self.excludes):
-            digest = sha256_file(os.path.join(self.src, rel))
+            digest = _sha256(os.path.join(self.src, rel))
             self.checksums[rel] = digest
             if not self._stored_as(rel, digest):
                 self._copies.append(rel)
@@ -135,7 +132,7 @@ class Snapshot:
             self.env_stored = "encrypted"
             stored = os.path.join(self.dest, ENCRYPTED_NAME)
             if os.path.isfile(stored):  # age output differs on every run: keep the first one
-                self.checksums[ENCRYPTED_NAME] = sha256_file(stored)
+                self.checksums[ENCRYPTED_NAME] = _sha256(stored)
                 if _mode(stored) != FILE_MODE:
                     self.changes.append(ENCRYPTED_NAME)
             else:
@@ -156,7 +153,7 @@ class Snapshot:
     def _stored_as(self, name, digest):
         path = os.path.join(self.dest, name)
         try:
-            return os.path.isfile(path) and _mode(path) == FILE_MODE and sha256_file(path) == digest
+            return os.path.isfile(path) and _mode(path) == FILE_MODE and _sha256(path) == digest
         except OSError:
             return False
 
@@ -168,7 +165,7 @@ class Snapshot:
             self._make_dirs(directory)
         for rel in self._copies:
             with open(os.path.join(self.src, rel), "rb") as source:
-                digest = self._write(rel, iter(lambda: source.read(CHUNK), b""))
+                digest = self._write(rel, iter(lambda: source.read(CHUNK_SIZE), b""))
             self.checksums[rel] = digest  # what was written, even if the source just changed
         if self._masked is not None:
             self._write(MASKED_NAME, [self._masked])
@@ -176,8 +173,6 @@ class Snapshot:
             self.checksums[ENCRYPTED_NAME] = self._encrypt_env()
         elif self.env_stored == "encrypted" and ENCRYPTED_NAME in self.changes:
             os.chmod(os.path.join(self.dest, ENCRYPTED_NAME), FILE_MODE)
-        for directory in dirs:
-            fsync_directory(os.path.join(self.dest, directory))
         return self
 
     def _make_dirs(self, rel):
@@ -231,28 +226,28 @@ class Snapshot:
                     f"age could not encrypt {self.env_file} (exit {proc.returncode}): "
                     f"{error[-500:]}; check backup_encrypt_recipients"
                 )
-        return sha256_file(target)
+        return _sha256(target)
 
 
 @contextlib.contextmanager
 def _atomic(target):
     """A binary file (mode 0600) that becomes ``target`` only if the block succeeds.
 
-    Written beside the target as a hidden .partial- file, fsynced, then renamed; on any
-    failure the partial file is removed and ``target`` is untouched.
+    pg_docker's partial file beside the target, fsynced and renamed (the directory fsynced
+    too); on any failure the partial file is removed and ``target`` is untouched.
     """
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(target))
+    partial = new_partial_path(target)
     try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), FILE_MODE)
+        with open(partial, "wb") as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+        publish(partial, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard(partial)
         raise
+
+
+def _sha256(path):
+    return sha256_file(path)[0]
 
 
 def _ancestors(rel):
@@ -271,6 +266,8 @@ def take_snapshot(snapshot, check_mode):
         snapshot.plan()
         if not check_mode and snapshot.changes:
             snapshot.apply()
+    except PgDockerError as exc:
+        raise SnapshotError(str(exc)) from None
     except OSError as exc:
         raise SnapshotError(
             _os_message(exc, "the configuration snapshot failed")

@@ -90,7 +90,7 @@ def test_snapshot_copies_masks_and_checksums(project):
     assert "s3cret-value" not in env
     assert "tok-123" not in env
     assert "BACKEND_TAG=1.2.0" in env
-    assert not list(dest.rglob(".partial-*"))
+    assert not list(dest.rglob("*.partial-*"))
 
 
 def test_rerun_changes_nothing_and_repairs_what_differs(project):
