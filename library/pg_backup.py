@@ -321,12 +321,12 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.pg_docker import (
     COMPRESSIONS,
     CONNECTION_ARGUMENT_SPEC,
     FORMATS,
     MODES,
-    PgDockerError,
     run_backup,
 )
 
@@ -354,7 +354,7 @@ def main():
     )
     try:
         result = run_backup(module.params, check_mode=module.check_mode)
-    except PgDockerError as exc:
+    except OpsError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -224,7 +224,8 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pg_docker import CONNECTION_ARGUMENT_SPEC, PgDockerError, run_restore
+from ansible.module_utils.ops_errors import OpsError
+from ansible.module_utils.pg_docker import CONNECTION_ARGUMENT_SPEC, run_restore
 
 ARGUMENT_SPEC = {
     **CONNECTION_ARGUMENT_SPEC,
@@ -248,7 +249,7 @@ def main():
         module.fail_json(msg=f"jobs must be 1 or more, got {module.params['jobs']}")
     try:
         result = run_restore(module.params, check_mode=module.check_mode)
-    except PgDockerError as exc:
+    except OpsError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -112,7 +112,7 @@ try:
 except ImportError:
     HAS_BOTO3 = False
 
-from ansible.module_utils.pg_docker import PgDockerError
+from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.s3_transfer import TransferError, download_set, upload_set
 
 
@@ -167,7 +167,7 @@ def main() -> None:
                 client, params["bucket"], prefix, params["set_dir"], dry_run=module.check_mode
             )
             moved = result["downloaded"]
-    except (TransferError, PgDockerError) as exc:
+    except (TransferError, OpsError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(
         changed=bool(moved), transferred=moved, skipped=result["skipped"], bytes=result["bytes"]

@@ -9,7 +9,6 @@ of the same backup set reports no change.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import os
@@ -17,16 +16,14 @@ import re
 import shutil
 import subprocess
 
-from ansible.module_utils.pg_docker import (
+from ansible.module_utils.fileops import (
     CHUNK_SIZE,
     DIR_MODE,
     FILE_MODE,
-    PgDockerError,
-    discard,
-    new_partial_path,
-    publish,
+    atomic_file,
     sha256_file,
 )
+from ansible.module_utils.ops_errors import FileOpsError
 
 MASK = "***MASKED***"
 MASKED_NAME = "env.masked"
@@ -191,7 +188,7 @@ class Snapshot:
     def _write(self, name, chunks):
         """Write ``chunks`` (an iterable of bytes) to dest/name atomically; return its sha256."""
         digest = hashlib.sha256()
-        with _atomic(os.path.join(self.dest, name)) as out:
+        with atomic_file(os.path.join(self.dest, name)) as out:
             for chunk in chunks:
                 digest.update(chunk)
                 out.write(chunk)
@@ -210,7 +207,7 @@ class Snapshot:
             argv += ["-r", recipient]
         argv.append(os.path.join(self.src, self.env_file))
         target = os.path.join(self.dest, ENCRYPTED_NAME)
-        with _atomic(target) as out:
+        with atomic_file(target) as out:
             try:
                 proc = subprocess.run(
                     argv, stdout=out, stderr=subprocess.PIPE, timeout=60, check=False
@@ -227,23 +224,6 @@ class Snapshot:
                     f"{error[-500:]}; check backup_encrypt_recipients"
                 )
         return _sha256(target)
-
-
-@contextlib.contextmanager
-def _atomic(target):
-    """A binary file (mode 0600) that becomes ``target`` only if the block succeeds.
-
-    pg_docker's partial file beside the target, fsynced and renamed (the directory fsynced
-    too); on any failure the partial file is removed and ``target`` is untouched.
-    """
-    partial = new_partial_path(target)
-    try:
-        with open(partial, "wb") as out:
-            yield out
-        publish(partial, target)
-    except BaseException:
-        discard(partial)
-        raise
 
 
 def _sha256(path):
@@ -266,7 +246,7 @@ def take_snapshot(snapshot, check_mode):
         snapshot.plan()
         if not check_mode and snapshot.changes:
             snapshot.apply()
-    except PgDockerError as exc:
+    except FileOpsError as exc:
         raise SnapshotError(str(exc)) from None
     except OSError as exc:
         raise SnapshotError(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
@@ -45,15 +44,22 @@ import uuid
 import zlib
 
 from ansible.module_utils.fileops import (
+    CHUNK_SIZE,
+    FILE_MODE,
     LockTimeout,
     LockUnsupported,
+    discard,
+    ensure_directory,
     flock_file,
-    fsync_directory,
+    new_partial_path,
+    os_error_message,
+    publish,
+    sha256_file,
+    write_json_atomic,
 )
+from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
 
-CHUNK_SIZE = 1024 * 1024
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+PgDockerError = PgError
 SOCKET_DIR = "/var/run/postgresql"
 MAX_IDENTIFIER_BYTES = 63
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -126,23 +132,6 @@ CONNECTION_ARGUMENT_SPEC = {
     "login_user": {"type": "str", "required": True},
     "login_password": {"type": "str", "no_log": True},
 }
-
-
-class PgDockerError(Exception):
-    """An error to report to the user; the message says what is wrong and how to fix it."""
-
-
-class CommandError(PgDockerError):
-    """A command (docker exec ...) failed; ``returncode`` and ``stderr`` tell how."""
-
-    def __init__(self, message, returncode=None, stderr=""):
-        super().__init__(message)
-        self.returncode = returncode
-        self.stderr = stderr
-
-
-class CorruptBackupError(PgDockerError):
-    """A backup file failed a check (sha256, archive listing, trailer)."""
 
 
 # --------------------------------------------------------------------------- names
@@ -285,91 +274,6 @@ def utc_now():
 # --------------------------------------------------------------------------- files
 
 
-def _os_error_message(exc, what):
-    hint = {
-        errno.ENOSPC: "no space left on the device: free some space or choose another dest_dir",
-        errno.EDQUOT: "disk quota exceeded: free some space or choose another dest_dir",
-        errno.EROFS: "the file system is read-only: choose another dest_dir",
-        errno.EACCES: "permission denied: run the task with become: true or fix the permissions",
-        errno.EPERM: "permission denied: run the task with become: true or fix the permissions",
-    }.get(exc.errno, exc.strerror or str(exc))
-    return f"cannot {what}: {hint}"
-
-
-def ensure_directory(path):
-    """Create ``path`` and missing parents with mode 0700; True if ``path`` was created."""
-    if os.path.isdir(path):
-        return False
-    try:
-        os.makedirs(path, DIR_MODE)
-    except FileExistsError:
-        if os.path.isdir(path):
-            return False
-        raise PgDockerError(
-            f"{path} exists and is not a directory: move it away or choose another dest_dir"
-        ) from None
-    except OSError as exc:
-        raise PgDockerError(_os_error_message(exc, f"create directory {path}")) from None
-    os.chmod(path, DIR_MODE)
-    return True
-
-
-def sha256_file(path):
-    """(sha256 hex digest, size) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def new_partial_path(final_path):
-    """Create an empty ``.{name}.partial-XXXX`` (mode 0600) beside ``final_path``."""
-    directory, name = os.path.split(os.path.abspath(final_path))
-    try:
-        fd, path = tempfile.mkstemp(prefix=f".{name}.partial-", dir=directory)
-    except OSError as exc:
-        raise PgDockerError(_os_error_message(exc, f"create a file in {directory}")) from None
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
-    return path
-
-
-def publish(partial_path, final_path):
-    """fsync ``partial_path``, rename it to ``final_path`` atomically, fsync the directory."""
-    fd = os.open(partial_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial_path, final_path)
-    fsync_directory(os.path.dirname(os.path.abspath(final_path)))
-
-
-def discard(path):
-    if path:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def write_json_atomic(path, data):
-    """Write ``data`` as JSON to ``path`` (mode 0600) through a partial file and a rename."""
-    partial = new_partial_path(path)
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        publish(partial, path)
-    except OSError as exc:
-        discard(partial)
-        raise PgDockerError(_os_error_message(exc, f"write {path}")) from None
-    except BaseException:
-        discard(partial)
-        raise
-
-
 REQUIRED_MANIFEST_KEYS = ("backup_id", "label", "file", "mode", "format", "sha256", "size")
 
 
@@ -507,7 +411,7 @@ def _stream_os_error(exc, argv, out_path):
     """The error to raise for an OSError while streaming a command's output to a file."""
     if isinstance(exc, FileNotFoundError) and exc.filename == argv[0]:
         return PgDockerError(f"{argv[0]} not found: install the docker CLI or set docker_cli")
-    return PgDockerError(_os_error_message(exc, f"write {out_path}"))
+    return PgDockerError(os_error_message(exc, f"write {out_path}"))
 
 
 def stream_to_file(
@@ -1262,18 +1166,27 @@ class SnapshotSession:
 
 @contextlib.contextmanager
 def file_lock(path, timeout):
-    """Exclusive flock on ``path`` (created 0600), waiting at most ``timeout`` seconds."""
-    try:
-        with flock_file(path, timeout, FILE_MODE):
-            yield path
-    except (OSError, LockUnsupported) as exc:
-        raise PgDockerError(_os_error_message(exc, f"lock {path}")) from None
-    except LockTimeout:
-        raise PgDockerError(
-            f"another pg_backup run holds {path} (it is writing the same backup) and did "
-            f"not finish within {timeout:g}s: wait for it and re-run (the re-run reports "
-            "changed=false if that backup succeeded), or raise lock_timeout"
-        ) from None
+    """Exclusive flock on ``path`` (created 0600), waiting at most ``timeout`` seconds.
+
+    Only taking the lock is worded here; errors of the block under it pass unchanged.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(flock_file(path, timeout, FILE_MODE))
+        except OSError as exc:
+            raise PgDockerError(os_error_message(exc, f"lock {path}")) from None
+        except LockUnsupported as exc:
+            raise PgDockerError(
+                f"cannot lock {path}: the file system refuses flock ({exc}): choose a dest_dir "
+                "on a local file system"
+            ) from None
+        except LockTimeout:
+            raise PgDockerError(
+                f"another pg_backup run holds {path} (it is writing the same backup) and did "
+                f"not finish within {timeout:g}s: wait for it and re-run (the re-run reports "
+                "changed=false if that backup succeeded), or raise lock_timeout"
+            ) from None
+        yield path
 
 
 # --------------------------------------------------------------------------- verification
@@ -1584,7 +1497,7 @@ def produce_file(final_path, write, verify, before_publish=None):
         try:
             publish(partial, final_path)
         except OSError as exc:
-            raise PgDockerError(_os_error_message(exc, f"publish {final_path}")) from None
+            raise PgDockerError(os_error_message(exc, f"publish {final_path}")) from None
         partial = None
         return sha256, size, description
     finally:
@@ -1831,7 +1744,7 @@ def verify_backup(pg, path, manifest, identity_file=None):
     try:
         sha256, size = sha256_file(path)
     except OSError as exc:
-        raise PgDockerError(_os_error_message(exc, f"read {path}")) from None
+        raise PgDockerError(os_error_message(exc, f"read {path}")) from None
     if sha256 != manifest["sha256"] or size != manifest["size"]:
         raise CorruptBackupError(
             f"backup {path} is corrupt: sha256 check failed (file {sha256}, {size} bytes; "

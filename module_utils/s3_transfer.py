@@ -20,7 +20,7 @@ import base64
 import hashlib
 import os
 
-from ansible.module_utils.pg_docker import (
+from ansible.module_utils.fileops import (
     CHUNK_SIZE,
     discard,
     ensure_directory,

@@ -26,6 +26,7 @@ MODULE_UTILS = ROOT / "module_utils"
 if str(MODULE_UTILS) not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(MODULE_UTILS))
 pgd = importlib.import_module("ansible.module_utils.pg_docker")
+ops_errors = importlib.import_module("ansible.module_utils.ops_errors")
 
 PY = sys.executable
 DUMP_TRAILER = "\n--\n-- PostgreSQL database dump complete\n--\n\n"
@@ -587,7 +588,7 @@ def test_ensure_directory_creates_private_directories(tmp_path):
     assert mode(target) == 0o700
     assert pgd.ensure_directory(str(target)) is False
     (tmp_path / "file").write_text("x")
-    with pytest.raises(pgd.PgDockerError, match="not a directory"):
+    with pytest.raises(ops_errors.FileOpsError, match="not a directory"):
         pgd.ensure_directory(str(tmp_path / "file"))
 
 
