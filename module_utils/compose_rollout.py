@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
+
+from ansible.module_utils.fileops import write_bytes_atomic
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -155,19 +155,8 @@ class Rollout:
             return False
         if self.check_mode:
             return True
-        directory = os.path.dirname(path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".upstream-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)  # nginx mounts the directory: the rename is seen at once
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # nginx mounts the directory: the atomic rename is seen at once
+        write_bytes_atomic(path, text.encode("utf-8"), mode=0o644)
         return True
 
     def reload_nginx(self):

@@ -25,14 +25,13 @@ import errno
 import json
 import os
 import re
-import tempfile
 import time
 
 from ansible.module_utils.fileops import (
     LockTimeout,
     LockUnsupported,
+    atomic_file,
     flock_file,
-    fsync_directory,
 )
 
 HEALTH_CHOICES = ("healthy", "unhealthy")
@@ -362,10 +361,10 @@ def ledger_lock(path, timeout=LOCK_TIMEOUT):
 def write_ledger(path, entries):
     """Atomically and durably replace the ledger at ``path`` with ``entries`` (mode 0600).
 
-    The content goes to a temporary file in the same directory which is fsynced, moved
-    over the ledger with os.replace, and the directory is fsynced.  A symlinked ledger
-    is written through the link.  The owner and group of an existing ledger are kept
-    when the user is allowed to set them.
+    fileops.atomic_file: a partial file in the same directory, fsynced, moved over the
+    ledger with os.replace, and the directory fsynced.  A symlinked ledger is written
+    through the link.  The owner and group of an existing ledger are kept when the user
+    is allowed to set them.
     """
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
@@ -377,22 +376,12 @@ def write_ledger(path, entries):
     except OSError as exc:
         raise LedgerError(f"cannot stat release ledger {target}: {exc.strerror}") from None
     data = format_ledger(entries).encode("utf-8")
-    tmp_path = None
     try:
-        fd, tmp_path = tempfile.mkstemp(
-            prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory
-        )
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(target, FILE_MODE) as handle:
             handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
             if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
                 with contextlib.suppress(PermissionError):
                     os.fchown(handle.fileno(), old.st_uid, old.st_gid)
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, target)
-        tmp_path = None
-        fsync_directory(directory)
     except OSError as exc:
         hint = {
             errno.ENOSPC: "free some disk space",
@@ -403,10 +392,6 @@ def write_ledger(path, entries):
             f"cannot write release ledger {target}: {exc.strerror or exc}; {hint}. The "
             "ledger was left unchanged."
         ) from None
-    finally:
-        if tmp_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
 
 
 # --------------------------------------------------------------------------- operations
