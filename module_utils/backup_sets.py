@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from ansible.module_utils.ops_errors import OpsError
+
 SET_FILE = "SET.json"
 
 
-class BackupSetError(Exception):
+class BackupSetError(OpsError):
     """A problem with the backup directory, with a message that names the fix."""
 
 

@@ -9,6 +9,7 @@ import json
 import time
 
 from ansible.module_utils.fileops import write_bytes_atomic
+from ansible.module_utils.ops_errors import OpsError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -21,7 +22,7 @@ UPSTREAM_HEADER = (
 )
 
 
-class RolloutError(Exception):
+class RolloutError(OpsError):
     """A step failed; the message says what happened and what still serves."""
 
 

@@ -23,7 +23,7 @@ from ansible.module_utils.fileops import (
     atomic_file,
     sha256_file,
 )
-from ansible.module_utils.ops_errors import FileOpsError
+from ansible.module_utils.ops_errors import FileOpsError, OpsError
 
 MASK = "***MASKED***"
 MASKED_NAME = "env.masked"
@@ -31,7 +31,7 @@ ENCRYPTED_NAME = "env.age"
 ENV_LINE_RE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)(\s*=).*$")
 
 
-class SnapshotError(Exception):
+class SnapshotError(OpsError):
     """A snapshot step failed; the message names the cause and the fix."""
 
 

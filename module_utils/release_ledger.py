@@ -33,6 +33,7 @@ from ansible.module_utils.fileops import (
     atomic_file,
     flock_file,
 )
+from ansible.module_utils.ops_errors import OpsError
 
 HEALTH_CHOICES = ("healthy", "unhealthy")
 STATUS_CHOICES = ("good", "bad", "rolled_back")
@@ -47,7 +48,7 @@ LOCK_TIMEOUT = 30.0
 LOCK_POLL_INTERVAL = 0.02
 
 
-class LedgerError(Exception):
+class LedgerError(OpsError):
     """An error to report to the user; the message says what is wrong and how to fix it."""
 
 

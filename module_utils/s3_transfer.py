@@ -28,12 +28,13 @@ from ansible.module_utils.fileops import (
     publish,
     sha256_file,
 )
+from ansible.module_utils.ops_errors import OpsError
 
 SET_FILE = "SET.json"
 META_SHA256 = "sha256"
 
 
-class TransferError(Exception):
+class TransferError(OpsError):
     """A failed transfer, with a message that names the cause and the fix."""
 
 
