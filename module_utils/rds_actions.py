@@ -436,10 +436,10 @@ class SnapshotRunbook:
                 f"restore of instance {target_id}",
                 lambda inst: inst.get("DBInstanceStatus") == "available",
             )
+        elif existing is None and not self.check_mode:
+            instance = self.api.instance(target_id) or instance  # the restore call's answer is thin
         if self.p.get("backup_retention_days") is not None:
             instance = self.retention(instance)
-        elif not self.check_mode:
-            instance = self.api.instance(target_id) or instance
         return self.result(instance=instance_summary(instance))
 
     def start_restore(self, target_id, origin, snapshot_id, source_id, restore_time):
