@@ -25,6 +25,14 @@ description:
     of memory, that the memory limit must be raised.
   - Whatever fails after nginx was pointed at an explicit list of containers, the upstream is
     written back to the service name and nginx reloaded before the module returns.
+  - "With O(image) (the release switch of the deploy role), O(action=rollout) first makes sure
+    the image is on the host (present, or pulled when O(pull) is true; otherwise the module
+    fails naming the image and the tags of its repository that exist, before anything is
+    touched), then sets it as the service's C(image:) in O(compose_file) (that one line, nothing
+    else in the file), then rolls out, and finally re-reads the running containers to check
+    that each runs O(image). A service without any container yet (a first deploy) is not
+    started here: C(docker compose up) starts the whole project."
+  - O(action=images) is the same present-or-pull check for a list of O(images) and nothing else.
   - O(action=upstream) only writes the every-replica upstream (and reloads nginx when it runs
     and the file changed); O(action=reload) only checks and reloads nginx (nginx resolves the
     service's replicas when it loads its configuration).
@@ -51,8 +59,26 @@ options:
   action:
     description: What to do, see the description.
     type: str
-    choices: [rollout, upstream, reload]
+    choices: [rollout, upstream, reload, images]
     default: rollout
+  image:
+    description:
+      - Image reference (repository:tag) the service must run; see the description.
+        Only with O(action=rollout).
+    type: str
+  images:
+    description: Images that must be on the host, for O(action=images).
+    type: list
+    elements: str
+  pull:
+    description: Pull a missing O(image) or O(images) from its registry instead of failing.
+    type: bool
+    default: false
+  compose_file:
+    description:
+      - The compose file holding the service's C(image:) line that O(image) rewrites;
+        C(compose.yaml) in O(project_dir) when not given.
+    type: path
   replace_all:
     description: Replace every container, even the up-to-date ones (a rolling restart).
     type: bool
@@ -82,12 +108,11 @@ options:
       - Path on the host of the file with the upstream's C(server) lines, included by the
         nginx configuration (its directory is mounted into the nginx container, so the
         atomic rename of a rewrite is seen at once). Written with mode C(0644).
+      - Required unless O(action=images).
     type: path
-    required: true
   upstream_port:
-    description: Port of O(service) inside its containers.
+    description: Port of O(service) inside its containers; required unless O(action=images).
     type: int
-    required: true
   docker_cli:
     description: Name or path of the docker CLI on the managed host.
     type: str
@@ -95,6 +120,9 @@ options:
 attributes:
   check_mode:
     support: full
+    details:
+      - Reads the real state (images, containers, compose config) and reports what would change;
+        starts, stops, pulls and writes nothing. A missing image still fails (nothing would work).
   diff_mode:
     support: full
   platform:
@@ -106,6 +134,21 @@ notes:
 """
 
 EXAMPLES = r"""
+- name: Switch the backend to release 1.0.0 (image check, compose.yaml's image line, rollout)
+  compose_rollout:
+    project_dir: /srv/fastapi-monolith
+    project_name: fastapi-monolith
+    image: fastapi-monolith/backend:1.0.0
+    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
+    upstream_port: 8000
+
+- name: Refuse before anything changes when an image is neither here nor pullable
+  compose_rollout:
+    project_dir: /srv/fastapi-monolith
+    project_name: fastapi-monolith
+    action: images
+    images: [fastapi-monolith/backend:1.1.0, fastapi-monolith/nginx:1.22]
+
 - name: Roll the backend out to what compose.yaml now says, without downtime
   compose_rollout:
     project_dir: /srv/fastapi-monolith
@@ -168,6 +211,29 @@ removed:
   returned: action is rollout
   type: list
   elements: str
+image:
+  description: The image the service was switched to (O(image)).
+  returned: action is rollout and image is given
+  type: str
+  sample: fastapi-monolith/backend:1.0.0
+image_id:
+  description: Local ID of O(image); empty when it would be pulled (check mode).
+  returned: action is rollout and image is given
+  type: str
+compose_changed:
+  description: Whether the compose file's image line changed (or would, in check mode).
+  returned: action is rollout and image is given
+  type: bool
+pulled:
+  description: Images pulled (or that would be, in check mode).
+  returned: action is images, or rollout with image
+  type: list
+  elements: str
+missing_images:
+  description: The images neither present nor pullable (the module failed, nothing was touched).
+  returned: failed
+  type: list
+  elements: str
 nginx_reloaded:
   description: Whether nginx was reloaded after the upstream file changed.
   returned: action is upstream
@@ -183,27 +249,43 @@ events:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.compose_rollout import Rollout, RolloutError
+from ansible.module_utils.compose_rollout import ImageMissing, Rollout, RolloutError
 
 ARGUMENT_SPEC = {
     "project_dir": {"type": "path", "required": True},
     "project_name": {"type": "str", "required": True},
     "service": {"type": "str", "default": "backend"},
-    "action": {"type": "str", "choices": ["rollout", "upstream", "reload"], "default": "rollout"},
+    "action": {
+        "type": "str",
+        "choices": ["rollout", "upstream", "reload", "images"],
+        "default": "rollout",
+    },
+    "image": {"type": "str"},
+    "images": {"type": "list", "elements": "str"},
+    "pull": {"type": "bool", "default": False},
+    "compose_file": {"type": "path"},
     "replace_all": {"type": "bool", "default": False},
     "health_timeout": {"type": "int", "default": 120},
     "drain_seconds": {"type": "float", "default": 2},
     "poll_interval": {"type": "float", "default": 0.25},
     "nginx_service": {"type": "str", "default": "nginx"},
     "nginx_conf": {"type": "str", "default": "/etc/nginx/opsauto/nginx.conf"},
-    "upstream_path": {"type": "path", "required": True},
-    "upstream_port": {"type": "int", "required": True},
+    "upstream_path": {"type": "path"},
+    "upstream_port": {"type": "int"},
     "docker_cli": {"type": "str", "default": "docker"},
 }
+NGINX_ACTIONS = ("rollout", "upstream", "reload")
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        supports_check_mode=True,
+        required_if=[
+            *(("action", a, ("upstream_path", "upstream_port")) for a in NGINX_ACTIONS),
+            ("action", "images", ("images",)),
+        ],
+    )
     params = module.params
     for name in ("health_timeout", "drain_seconds", "poll_interval"):
         if params[name] < 0:
@@ -222,15 +304,17 @@ def main():
     rollout = Rollout(run, params, check_mode=module.check_mode)
     try:
         result = getattr(rollout, params["action"])()
+    except ImageMissing as exc:
+        module.fail_json(msg=str(exc), missing_images=exc.missing, events=rollout.events)
     except RolloutError as exc:
-        module.fail_json(msg=str(exc), events=rollout.events)
+        module.fail_json(msg=str(exc), events=rollout.events, **rollout.image_info)
     except OSError as exc:
         module.fail_json(
             msg=f"{params['action']} of {params['service']} failed: {exc}", events=rollout.events
         )
     result["events"] = rollout.events
     if module._diff and result["changed"]:
-        result["diff"] = rollout.diff
+        result["diff"] = [d for d in (rollout.compose_diff, rollout.diff) if d]
     module.exit_json(**result)
 
 

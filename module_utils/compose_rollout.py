@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 
 from ansible.module_utils.fileops import write_bytes_atomic
@@ -24,6 +26,88 @@ UPSTREAM_HEADER = (
 
 class RolloutError(OpsError):
     """A step failed; the message says what happened and what still serves."""
+
+
+class ImageMissing(RolloutError):
+    """Images are neither on the host nor pullable; nothing was touched."""
+
+    def __init__(self, message, missing):
+        super().__init__(message)
+        self.missing = missing
+
+
+def image_ref(ref):
+    """``ref`` with the implicit ``:latest`` tag spelled out (digests are left as they are)."""
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return f"{ref}:latest"
+
+
+def repository_of(ref):
+    """The repository of an image reference: ``reg:5000/a/b:1.0`` -> ``reg:5000/a/b``."""
+    ref = ref.split("@", 1)[0]
+    head, _, last = ref.rpartition("/")
+    name = last.split(":", 1)[0]
+    return f"{head}/{name}" if head else name
+
+
+def missing_images_message(missing, present, pull, pull_errors=None):
+    """Why the images cannot be used, what was left alone, and the tags that do exist."""
+    listing = []
+    for repo in dict.fromkeys(repository_of(ref) for ref in missing):
+        tags = sorted(t.split(":")[-1] for t in present if repository_of(t) == repo)
+        listing.append(f"{repo} tags on this host: {', '.join(tags) or 'none'}")
+    if pull:
+        errors = "; ".join(f"{ref}: {err}" for ref, err in (pull_errors or {}).items())
+        why = f"and could not be pulled ({errors or 'pull failed'})"
+    else:
+        why = "(pulling is off: deploy_image_pull is false)"
+    return (
+        f"Image {', '.join(missing)} is not on this Docker host {why}. Nothing was changed; "
+        "what runs keeps running. Fix: build or load the image on the host (docker load -i "
+        "FILE), let it be pulled from a registry (-e deploy_image_pull=true), or choose a "
+        f"release that is there; {'; '.join(listing)}."
+    )
+
+
+def set_service_image(text, service, image):
+    """The compose file ``text`` with ``services.<service>.image`` set to ``image``.
+
+    Only that one line changes (comments, anchors and every other service stay byte for
+    byte), so a switch of release touches nothing else in the project. Raises RolloutError
+    when the file has no such service or the service no ``image:`` line.
+    """
+    lines = text.splitlines(keepends=True)
+    in_services = in_service = found = False
+    service_indent = key_indent = None
+    for number, line in enumerate(lines):
+        body = line.strip()
+        if not body or body.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            in_services, in_service = body == "services:", False
+            continue
+        if not in_services:
+            continue
+        if service_indent is None:
+            service_indent = indent
+        if indent == service_indent:
+            in_service, key_indent = body == f"{service}:", None
+            found = found or in_service
+            continue
+        if not in_service:
+            continue
+        key_indent = indent if key_indent is None else key_indent
+        if indent == key_indent and body.split(":", 1)[0].strip() == "image":
+            end = "\n" if line.endswith("\n") else ""
+            lines[number] = f"{' ' * indent}image: {image}{end}"
+            return "".join(lines)
+    where = "has no image line" if found else "is not defined"
+    raise RolloutError(
+        f"service {service} {where} in the compose file; write it with the deploy role "
+        "(playbooks/deploy.yml) first. Nothing was changed."
+    )
 
 
 def upstream_text(service, port, servers=()):
@@ -87,6 +171,8 @@ class Rollout:
         self.events = []  # (seconds since start, what happened): the operator's timeline
         self.diff = {"before": "", "after": ""}
         self.upstream_diff = {"before": "", "after": ""}
+        self.compose_diff = None  # the compose file's image line, when O(image) changes it
+        self.image_info = {}  # image, image_id, pulled, compose_changed: returned on failure too
         self.started = clock()
 
     # ------------------------------------------------------------------ helpers
@@ -140,6 +226,97 @@ class Rollout:
         )
         deploy = (config.get("services", {}).get(service) or {}).get("deploy") or {}
         return fields[-1], int(deploy.get("replicas") or 1)
+
+    # ------------------------------------------------------------------ images
+    def local_images(self):
+        out = self.cmd(
+            [self.docker, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+            "listing the images on the host",
+        )[1]
+        return {line.strip() for line in out.splitlines() if "<none>" not in line and line.strip()}
+
+    def ensure_images(self, images):
+        """Present-or-pull: every image is on the host before anything running is touched.
+
+        Returns the images pulled (or that would be, in check mode); raises ImageMissing,
+        naming the tags that exist, when one is neither present nor pullable.
+        """
+        wanted = [image_ref(ref) for ref in images]
+        present = self.local_images()
+        missing = [ref for ref in wanted if ref not in present]
+        pull, errors, pulled = bool(self.p.get("pull")), {}, []
+        if missing and pull and self.check_mode:
+            self.note(f"would pull {', '.join(missing)}")
+            return missing
+        if missing and pull:
+            for ref in missing:
+                rc, out, err = self.run([self.docker, "pull", ref])
+                lines = (err or out or "").strip().splitlines()
+                if rc == 0:
+                    pulled.append(ref)
+                else:
+                    errors[ref] = lines[-1][:200] if lines else f"exit {rc}"
+            if pulled:
+                self.note(f"pulled {', '.join(pulled)}")
+            present = self.local_images()
+            missing = [ref for ref in wanted if ref not in present]
+        if missing:
+            raise ImageMissing(missing_images_message(missing, present, pull, errors), missing)
+        return pulled
+
+    def image_id(self, ref):
+        """The local image ID of ``ref`` ('' when it is not there, e.g. a pull in check mode)."""
+        rc, out, _ = self.run([self.docker, "image", "inspect", "--format", "{{.Id}}", ref])
+        return out.strip() if rc == 0 else ""
+
+    def compose_path(self):
+        return self.p.get("compose_file") or os.path.join(self.p["project_dir"], "compose.yaml")
+
+    def switch_image(self, image):
+        """Name ``image`` for the service in the compose file; True when the file changes."""
+        path = self.compose_path()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            if self.check_mode:  # a first deploy in check mode: the file is not written yet
+                return True
+            raise RolloutError(
+                f"compose file {path} does not exist: deploy the stack first "
+                "(playbooks/deploy.yml). Nothing was changed."
+            ) from None
+        text = set_service_image(current, self.p["service"], image)
+        if text == current:
+            return False
+        self.compose_diff = {
+            "before": current,
+            "after": text,
+            "before_header": path,
+            "after_header": path,
+        }
+        if not self.check_mode:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+        self.note(f"compose file names {image}")
+        return True
+
+    def check_running_image(self, image):
+        """Re-read: every running container of the service runs ``image``."""
+        wrong = [
+            f"{c['Name'].lstrip('/')} runs {c['Config'].get('Image')}"
+            for c in self.containers(self.p["service"], running_only=True)
+            if image_ref(c["Config"].get("Image") or "") != image_ref(image)
+        ]
+        if wrong:
+            raise RolloutError(
+                f"after the rollout not every {self.p['service']} container runs {image}: "
+                f"{'; '.join(wrong)}. Check with docker compose -p {self.p['project_name']} ps "
+                "and run the rollback or deploy again."
+            )
+
+    def images(self):
+        pulled = self.ensure_images(self.p["images"])
+        return {"changed": bool(pulled), "pulled": pulled, "images": self.p["images"]}
 
     # ------------------------------------------------------------------ nginx
     def write_upstream(self, servers):
@@ -275,8 +452,33 @@ class Rollout:
 
     # ------------------------------------------------------------------ entry points
     def rollout(self):
+        image = self.p.get("image")
+        image_result = self.image_info
+        if image:
+            # The switch of release: the image first (nothing touched when it is missing),
+            # then the compose file's one image line, then the rollout to it.
+            pulled = self.ensure_images([image])
+            image_result.update(image=image, image_id=self.image_id(image), pulled=pulled)
+            image_result["compose_changed"] = self.switch_image(image)
+            if self.check_mode and not os.path.exists(self.compose_path()):
+                return dict(image_result, service=self.p["service"], changed=True, started=[])
         desired_hash, replicas = self.desired()
+        if self.check_mode and image_result.get("compose_changed"):
+            desired_hash = None  # the file on disk still names the old image: all would go
         containers = self.containers(self.p["service"])
+        if image and not containers:
+            # A first deploy: nothing runs next to which to roll out; compose up starts it.
+            return dict(
+                image_result,
+                service=self.p["service"],
+                replicas=replicas,
+                desired_hash=desired_hash,
+                before=[],
+                kept=[],
+                started=[],
+                removed=[],
+                changed=image_result["compose_changed"],
+            )
         steps = plan(containers, desired_hash, replicas, self.p["replace_all"])
         before, keep, remove, missing = (steps[k] for k in ("before", "keep", "remove", "missing"))
         result = {
@@ -287,14 +489,15 @@ class Rollout:
             "kept": keep,
             "started": [],
             "removed": remove,
-            "changed": bool(missing or remove),
+            "changed": bool(missing or remove or image_result.get("compose_changed")),
+            **image_result,
         }
         self.diff = {
             "before": "".join(f"{n}\n" for n in before),
             "after": "".join(f"{n}\n" for n in keep)
             + "".join(f"(new {self.p['service']} container {i + 1})\n" for i in range(missing)),
         }
-        if self.check_mode or not result["changed"]:
+        if self.check_mode or not (missing or remove):
             return result
         new = []
         if missing:
@@ -321,6 +524,8 @@ class Rollout:
             self.retire(keep, new, remove)
         else:
             self.reload_nginx()  # nginx resolves the service name again, new replicas included
+        if image:
+            self.check_running_image(image)
         return result
 
     def upstream(self):

@@ -55,6 +55,7 @@ class Bench:
             "deploy_health_timeout": 90,
         }
         self.rows: list[dict] = []
+        self.profile = False  # print each playbook's profile_tasks summary to stderr
 
     # ------------------------------------------------------------------ operations
     def playbook(self, name: str, **extravars) -> None:
@@ -72,6 +73,10 @@ class Bench:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{name} {extravars} failed:\n{proc.stdout[-3000:]}")
+        if self.profile:
+            # the summary of the profile_tasks callback (ansible.cfg) follows the PLAY RECAP
+            recap = proc.stdout.rfind("PLAY RECAP")
+            print(f"--- {name} {extravars}\n{proc.stdout[recap:]}", file=sys.stderr, flush=True)
 
     def compose(self, *argv: str) -> None:
         subprocess.run(
@@ -209,9 +214,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="measure only our rollback (and the deploy it needs), e.g. on a quiet machine",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each playbook's per-task timing (profile_tasks) to stderr",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="opsauto-bench-"))
     bench = Bench(workdir)
+    bench.profile = args.profile
     m = bench.measure
     try:
         bench.playbook("deploy", deploy_backend_tag="1.0.0")

@@ -83,7 +83,7 @@ def test_missing_tag_is_refused_before_anything_stops(tmp_path, project_dir):
     assert result.rc != 0
     message = " ".join(failures)
     assert "fastapi-monolith/backend:9.9.9" in message
-    assert "Nothing running was changed" in message
+    assert "Nothing was changed" in message
     assert "1.1.0" in message  # the tags that do exist are listed
     assert containers() == before
     assert http("/health")[0] == 200

@@ -1,16 +1,20 @@
 """Unit tests of the rollout planning in module_utils/compose_rollout.py.
 
-The rollout itself (containers started, health-gated, nginx switched, old ones removed) is
-tested against a real engine in tests/integration/test_rollout_local.py and the Molecule
-rollback, restart and scale scenarios.
+The rollout's abort, drain and failure paths and the release switch (image check, the
+compose file's image line, check mode) run here against a fake docker CLI (FakeDocker: the
+runner, sleep and clock are injected), asserting on the commands in the order they ran. The
+real engine is used by tests/integration/test_rollout_local.py and the Molecule rollback,
+restart and scale scenarios.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import ansible.module_utils
+import pytest
 
 MODULE_UTILS = Path(__file__).resolve().parents[2] / "module_utils"
 if str(MODULE_UTILS) not in ansible.module_utils.__path__:
@@ -103,3 +107,397 @@ def test_upstream_lists_explicit_servers_during_a_rollout_and_the_service_otherw
     steady = cr.upstream_text("backend", 8000)
     servers = [line for line in steady.splitlines() if line.startswith("server ")]
     assert servers == ["server backend:8000 max_fails=1 fail_timeout=5s;"]
+
+
+# --------------------------------------------------------------------------- fake docker CLI
+# The Rollout class gets a fake runner, sleep and clock: a small model of the engine that
+# records every command, so the tests assert on what was run, in which order, and on the
+# upstream file nginx had at each reload.
+
+PROJECT = "p"
+OLD, NEW = "hash-old", "hash-new"
+
+
+class FakeDocker:
+    def __init__(self, tmp_path, replicas=2, new_health="healthy", images=()):
+        self.compose = tmp_path / "compose.yaml"
+        self.compose.write_text(COMPOSE.format(tag="1.1.0"))
+        self.upstream = tmp_path / "nginx" / "backend-upstream.conf"
+        self.upstream.parent.mkdir()
+        self.upstream.write_text(cr.upstream_text("backend", 8000))
+        self.replicas = replicas
+        self.desired = NEW
+        self.new_health = new_health  # health of containers started by `compose up`
+        self.new_state = {}
+        self.images = set(images) or {
+            "fastapi-monolith/backend:1.0.0",
+            "fastapi-monolith/backend:1.1.0",
+        }
+        self.fail = {}  # first argv word(s) -> (rc, stderr)
+        self.log = []  # (kind, detail), in order
+        self.now = 0.0
+        self.containers = {}
+        for i in (1, 2):
+            self.add(f"p-backend-{i}", OLD, "healthy")
+        self.containers["p-nginx-1"] = {"service": "nginx", "hash": "n", "status": "running"}
+        self.containers["p-nginx-1"]["health"] = "healthy"
+
+    def add(self, name, config_hash, health, image="fastapi-monolith/backend:1.1.0"):
+        self.containers[name] = {
+            "service": "backend",
+            "hash": config_hash,
+            "status": "running",
+            "health": health,
+            "created": f"2026-01-01T10:00:{len(self.containers):02d}Z",
+            "image": image,
+            "oom": False,
+        }
+
+    # the injected callables
+    def sleep(self, seconds):
+        self.log.append(("sleep", seconds))
+        self.now += seconds
+
+    def clock(self):
+        return self.now
+
+    def run(self, argv, data=None):
+        args = argv[1:]
+        if args[0] == "compose":
+            args = args[5:]  # --project-directory DIR -p NAME
+        key = " ".join(args[:2])
+        if key in self.fail:
+            self.log.append(("failed", key))
+            rc, err = self.fail[key]
+            return rc, "", err
+        handler = getattr(self, "do_" + args[0].replace("-", "_"))
+        return handler(args)
+
+    def do_config(self, args):
+        if "--hash" in args:
+            return 0, f"backend {self.desired}\n", ""
+        return 0, json.dumps({"services": {"backend": {"deploy": {"replicas": self.replicas}}}}), ""
+
+    def do_ps(self, args):
+        service = args[-1].rsplit("=", 1)[1]
+        running_only = "-a" not in args
+        ids = [
+            name
+            for name, c in self.containers.items()
+            if c["service"] == service and (c["status"] == "running" or not running_only)
+        ]
+        return 0, "\n".join(ids), ""
+
+    def do_inspect(self, args):
+        out = []
+        for name in args[1:]:
+            c = self.containers.get(name)
+            if c is None:
+                continue
+            state = {"Status": c["status"], "OOMKilled": c.get("oom", False)}
+            state["Health"] = {"Status": c["health"], "Log": [{"Output": "probe said no"}]}
+            labels = {cr.HASH_LABEL: c["hash"]}
+            config = {"Labels": labels, "Image": c.get("image")}
+            out.append(
+                {"Id": name, "Name": f"/{name}", "Created": c.get("created", ""), "State": state}
+                | {"Config": config}
+            )
+        return (0 if len(out) == len(args) - 1 else 1), json.dumps(out), ""
+
+    def do_up(self, args):
+        total = int(args[args.index("--scale") + 1].split("=")[1])
+        have = [n for n, c in self.containers.items() if c["service"] == "backend"]
+        started = []
+        for i in range(len(have) + 1, total + 1):
+            name = f"p-backend-{i}"
+            self.add(name, self.desired, self.new_health, image=self.compose_image())
+            self.containers[name].update(self.new_state)
+            started.append(name)
+        self.log.append(("up", started))
+        return 0, "", ""
+
+    def do_exec(self, args):
+        if "-t" in args:
+            return 0, "", ""
+        servers = [
+            line.split()[1].split(":")[0]
+            for line in self.upstream.read_text().splitlines()
+            if line.startswith("server ")
+        ]
+        self.log.append(("reload", servers))
+        return 0, "", ""
+
+    def do_stop(self, args):
+        self.log.append(("stop", args[1:]))
+        for name in args[1:]:
+            self.containers[name]["status"] = "exited"
+        return 0, "", ""
+
+    def do_rm(self, args):
+        names = [a for a in args[1:] if a != "--force"]
+        self.log.append(("rm --force" if "--force" in args else "rm", names))
+        for name in names:
+            self.containers.pop(name, None)
+        return 0, "", ""
+
+    def do_logs(self, args):
+        return 0, "Traceback: database is down\n", ""
+
+    def do_image(self, args):
+        if args[1] == "ls":
+            return 0, "".join(f"{ref}\n" for ref in sorted(self.images)) + "<none>:<none>\n", ""
+        ref = args[-1]
+        return (0, f"sha256:{'a' * 64}\n", "") if ref in self.images else (1, "", "No such image")
+
+    def do_pull(self, args):
+        self.log.append(("pull", args[1]))
+        return 1, "", "Error response from daemon: manifest unknown"
+
+    def compose_image(self):
+        for line in self.compose.read_text().splitlines():
+            if line.strip().startswith("image: fastapi-monolith/backend:"):
+                return line.split("image: ", 1)[1]
+        return None
+
+    def kinds(self, *wanted):
+        return [entry for entry in self.log if entry[0] in wanted]
+
+
+COMPOSE = """\
+# managed
+name: p
+
+x-logging: &logging
+  driver: json-file
+
+services:
+  db:
+    image: fastapi-monolith/postgres:15
+    logging: *logging
+
+  backend:
+    # the release
+    image: fastapi-monolith/backend:{tag}
+    environment:
+      DB_HOST: db
+    deploy:
+      replicas: 2
+
+  nginx:
+    image: fastapi-monolith/nginx:1.22
+"""
+
+
+def rollout(fake, check_mode=False, **params):
+    base = {
+        "project_dir": str(fake.compose.parent),
+        "project_name": PROJECT,
+        "service": "backend",
+        "replace_all": False,
+        "health_timeout": 30,
+        "drain_seconds": 2,
+        "poll_interval": 0.5,
+        "nginx_service": "nginx",
+        "nginx_conf": "/etc/nginx/opsauto/nginx.conf",
+        "upstream_path": str(fake.upstream),
+        "upstream_port": 8000,
+        "docker_cli": "docker",
+    }
+    base.update(params)
+    return cr.Rollout(fake.run, base, check_mode=check_mode, sleep=fake.sleep, clock=fake.clock)
+
+
+STEADY = ["backend"]
+
+
+def test_rollout_routes_to_the_new_containers_then_drains_then_stops_the_old(tmp_path):
+    fake = FakeDocker(tmp_path)
+    result = rollout(fake).rollout()
+    assert result["started"] == ["p-backend-3", "p-backend-4"]
+    assert result["removed"] == ["p-backend-1", "p-backend-2"]
+    assert fake.kinds("up", "reload", "sleep", "stop", "rm") == [
+        ("up", ["p-backend-3", "p-backend-4"]),
+        ("reload", ["p-backend-3", "p-backend-4"]),  # only the new ones get requests
+        ("sleep", 2),  # drain: in-flight requests on the old ones finish
+        ("stop", ["p-backend-1", "p-backend-2"]),
+        ("rm", ["p-backend-1", "p-backend-2"]),
+        ("reload", STEADY),  # every replica by the service's name again
+    ]
+    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+
+
+def test_a_new_container_that_turns_unhealthy_is_removed_and_the_old_ones_are_untouched(tmp_path):
+    fake = FakeDocker(tmp_path, new_health="unhealthy")
+    fake.new_state = {"oom": True}
+    with pytest.raises(cr.RolloutError) as err:
+        rollout(fake).rollout()
+    message = str(err.value)
+    assert "p-backend-3 running unhealthy" in message
+    assert "They were removed; the old containers p-backend-1, p-backend-2 kept serving" in message
+    assert "OOMKilled" in message
+    assert "Last health check output: probe said no" in message
+    assert "Last log line: Traceback: database is down" in message
+    # the new ones went, nginx never routed to them, nothing old was stopped
+    assert fake.kinds("rm --force", "stop", "rm", "reload") == [
+        ("rm --force", ["p-backend-3", "p-backend-4"])
+    ]
+    assert {n for n, c in fake.containers.items() if c["service"] == "backend"} == {
+        "p-backend-1",
+        "p-backend-2",
+    }
+    assert all(fake.containers[n]["status"] == "running" for n in ("p-backend-1", "p-backend-2"))
+    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+
+
+def test_a_new_container_still_starting_at_the_deadline_is_removed(tmp_path):
+    fake = FakeDocker(tmp_path, new_health="starting")
+    with pytest.raises(cr.RolloutError, match="did not become healthy within 3 s"):
+        rollout(fake, health_timeout=3).rollout()
+    polls = [s for kind, s in fake.log if kind == "sleep"]
+    assert polls == [0.5] * 6  # polled every poll_interval until the 3 s deadline, no longer
+    assert fake.kinds("rm --force", "stop") == [("rm --force", ["p-backend-3", "p-backend-4"])]
+
+
+def test_a_failure_after_the_switch_restores_the_upstream_in_finally(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.fail["stop p-backend-1"] = (1, "Error response from daemon: cannot stop")
+    with pytest.raises(cr.RolloutError, match="stopping the old containers failed .*cannot stop"):
+        rollout(fake).rollout()
+    assert fake.kinds("reload", "sleep", "failed") == [
+        ("reload", ["p-backend-3", "p-backend-4"]),
+        ("sleep", 2),
+        ("failed", "stop p-backend-1"),
+        ("reload", STEADY),  # finally: nginx resolves every replica by name again
+    ]
+    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+
+
+def test_scale_down_drains_before_stopping_and_starts_nothing(tmp_path):
+    fake = FakeDocker(tmp_path, replicas=1)
+    fake.desired = OLD
+    result = rollout(fake).rollout()
+    assert (result["kept"], result["removed"], result["started"]) == (
+        ["p-backend-1"],
+        ["p-backend-2"],
+        [],
+    )
+    assert fake.kinds("up", "reload", "sleep", "stop", "rm") == [
+        ("reload", ["p-backend-1"]),
+        ("sleep", 2),
+        ("stop", ["p-backend-2"]),
+        ("rm", ["p-backend-2"]),
+        ("reload", STEADY),
+    ]
+
+
+def test_check_mode_reports_the_plan_and_runs_nothing(tmp_path):
+    fake = FakeDocker(tmp_path)
+    result = rollout(fake, check_mode=True).rollout()
+    assert result["changed"]
+    assert result["removed"] == ["p-backend-1", "p-backend-2"]
+    assert fake.kinds("up", "reload", "sleep", "stop", "rm", "rm --force") == []
+
+
+# --------------------------------------------------------------------------- the release switch
+
+
+def test_switch_checks_the_image_sets_only_the_backend_line_and_rolls_out(tmp_path):
+    fake = FakeDocker(tmp_path)
+    before = fake.compose.read_text()
+    result = rollout(fake, image="fastapi-monolith/backend:1.0.0").rollout()
+    after = fake.compose.read_text()
+    assert after == before.replace("backend:1.1.0", "backend:1.0.0")
+    assert result["compose_changed"]
+    assert result["image_id"] == f"sha256:{'a' * 64}"
+    assert result["started"] == ["p-backend-3", "p-backend-4"]
+    assert {c["image"] for c in fake.containers.values() if c["service"] == "backend"} == {
+        "fastapi-monolith/backend:1.0.0"
+    }
+
+
+def test_switch_to_a_missing_tag_fails_before_anything_is_touched(tmp_path):
+    fake = FakeDocker(tmp_path)
+    before = fake.compose.read_text()
+    with pytest.raises(cr.ImageMissing) as err:
+        rollout(fake, image="fastapi-monolith/backend:9.9.9").rollout()
+    assert err.value.missing == ["fastapi-monolith/backend:9.9.9"]
+    message = str(err.value)
+    assert "fastapi-monolith/backend:9.9.9 is not on this Docker host" in message
+    assert "pulling is off" in message
+    assert "Nothing was changed" in message
+    assert "fastapi-monolith/backend tags on this host: 1.0.0, 1.1.0." in message
+    assert fake.compose.read_text() == before
+    assert fake.log == []  # no pull, no compose, no container command
+
+
+def test_switch_pulls_a_missing_tag_when_allowed_and_names_the_pull_error(tmp_path):
+    fake = FakeDocker(tmp_path)
+    with pytest.raises(cr.ImageMissing, match="could not be pulled .*manifest unknown"):
+        rollout(fake, image="fastapi-monolith/backend:9.9.9", pull=True).rollout()
+    assert fake.log == [("pull", "fastapi-monolith/backend:9.9.9")]
+
+
+def test_switch_in_check_mode_writes_nothing_and_reports_every_container_replaced(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.desired = OLD  # the file on disk still names 1.1.0, whose hash the containers have
+    before = fake.compose.read_text()
+    sw = rollout(fake, check_mode=True, image="fastapi-monolith/backend:1.0.0")
+    result = sw.rollout()
+    assert result["changed"]
+    assert result["compose_changed"]
+    assert result["removed"] == ["p-backend-1", "p-backend-2"]
+    assert fake.compose.read_text() == before
+    assert "backend:1.0.0" in sw.compose_diff["after"]
+    assert fake.log == []
+
+
+def test_switch_to_the_running_release_changes_nothing(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.desired = OLD
+    result = rollout(fake, image="fastapi-monolith/backend:1.1.0").rollout()
+    assert not result["changed"]
+    assert not result["compose_changed"]
+    assert fake.log == []
+
+
+def test_switch_fails_when_a_container_does_not_run_the_image_afterwards(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.desired = OLD  # hash says up to date, but the containers run another image
+    for name in ("p-backend-1", "p-backend-2"):
+        fake.containers[name]["image"] = "fastapi-monolith/backend:0.9.0"
+    fake.replicas = 3  # something to do, so the rollout runs and re-reads
+    with pytest.raises(cr.RolloutError, match="p-backend-1 runs fastapi-monolith/backend:0.9.0"):
+        rollout(fake, image="fastapi-monolith/backend:1.1.0").rollout()
+
+
+def test_images_action_lists_every_missing_image_once(tmp_path):
+    fake = FakeDocker(tmp_path, images={"fastapi-monolith/nginx:1.22"})
+    with pytest.raises(cr.ImageMissing) as err:
+        rollout(fake, images=["fastapi-monolith/nginx:1.22", "fastapi-monolith/backend:2"]).images()
+    assert err.value.missing == ["fastapi-monolith/backend:2"]
+    assert "fastapi-monolith/backend tags on this host: none" in str(err.value)
+
+
+def test_set_service_image_changes_one_line_of_the_named_service():
+    text = COMPOSE.format(tag="1.1.0")
+    new = cr.set_service_image(text, "backend", "registry:5000/fastapi-monolith/backend:2.0")
+    changed = [(a, b) for a, b in zip(text.splitlines(), new.splitlines(), strict=True) if a != b]
+    assert changed == [
+        (
+            "    image: fastapi-monolith/backend:1.1.0",
+            "    image: registry:5000/fastapi-monolith/backend:2.0",
+        )
+    ]
+    assert cr.set_service_image(text, "nginx", "n:2").count("image: n:2") == 1
+    with pytest.raises(cr.RolloutError, match="service worker is not defined"):
+        cr.set_service_image(text, "worker", "w:1")
+    with pytest.raises(cr.RolloutError, match="service backend has no image line"):
+        cr.set_service_image("services:\n  backend:\n    build: .\n", "backend", "b:1")
+
+
+def test_image_references_are_compared_with_their_implicit_tag():
+    assert cr.image_ref("nginx") == "nginx:latest"
+    assert cr.image_ref("reg:5000/a/b") == "reg:5000/a/b:latest"
+    assert cr.image_ref("reg:5000/a/b:1") == "reg:5000/a/b:1"
+    assert cr.repository_of("reg:5000/a/b:1") == "reg:5000/a/b"
+    assert cr.repository_of("a/b@sha256:00") == "a/b"
