@@ -116,16 +116,17 @@ env_stored:
 
 import re
 
+from ansible.module_utils.age import check_recipients
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.config_snapshot import Snapshot, SnapshotError, take_snapshot
-from ansible.module_utils.pg_docker import PgDockerError, check_recipients
+from ansible.module_utils.ops_errors import PgError
 
 
 def run(module):
     params = module.params
     try:
         recipients = check_recipients(params["encrypt_recipients"])
-    except PgDockerError as exc:
+    except PgError as exc:
         raise SnapshotError(str(exc)) from None
     try:
         re.compile(params["secret_name_pattern"])

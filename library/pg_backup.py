@@ -322,13 +322,9 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
-from ansible.module_utils.pg_docker import (
-    COMPRESSIONS,
-    CONNECTION_ARGUMENT_SPEC,
-    FORMATS,
-    MODES,
-    run_backup,
-)
+from ansible.module_utils.pg_artifacts import COMPRESSIONS, FORMATS, MODES
+from ansible.module_utils.pg_dump import run_backup
+from ansible.module_utils.pg_session import CONNECTION_ARGUMENT_SPEC
 
 ARGUMENT_SPEC = {
     **CONNECTION_ARGUMENT_SPEC,

@@ -225,7 +225,8 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
-from ansible.module_utils.pg_docker import CONNECTION_ARGUMENT_SPEC, run_restore
+from ansible.module_utils.pg_restore import run_restore
+from ansible.module_utils.pg_session import CONNECTION_ARGUMENT_SPEC
 
 ARGUMENT_SPEC = {
     **CONNECTION_ARGUMENT_SPEC,

@@ -4,8 +4,9 @@
 * content: :func:`sha256_file`;
 * atomic writes: a ``.{name}.partial-XXXX`` file beside the target
   (:func:`new_partial_path`), filled, then :func:`publish` (fsync, rename, fsync of the
-  directory) or :func:`discard`; :func:`atomic_file` wraps the three in a ``with``
-  block, :func:`write_bytes_atomic` and :func:`write_json_atomic` write whole contents;
+  directory) or :func:`discard`; :func:`produce_file` (a path) and :func:`atomic_file`
+  (an open file) wrap the three in a ``with`` block, :func:`write_bytes_atomic` and
+  :func:`write_json_atomic` write whole contents;
 * locks: :func:`flock_file`, an exclusive flock with a deadline;
 * messages: :func:`os_error_message`, an OSError as "cannot WHAT: cause and fix".
 
@@ -150,6 +151,28 @@ def atomic_file(target, mode=FILE_MODE):
         with open(partial, "wb") as out:
             yield out
         publish(partial, target)
+        partial = None
+    finally:
+        discard(partial)
+
+
+@contextlib.contextmanager
+def produce_file(final_path, mode=FILE_MODE):
+    """The path of a partial file that becomes ``final_path`` only if the block succeeds.
+
+    The block fills (and verifies) ``.{name}.partial-XXXX`` beside ``final_path`` and does
+    whatever must come before publication; when it ends without an exception the file is
+    fsynced and renamed to ``final_path`` and the directory fsynced.  On any exception
+    the partial file is removed and ``final_path`` is not created.  Creating and
+    publishing the file raise FileOpsError; errors of the block pass unchanged.
+    """
+    partial = new_partial_path(final_path, mode)
+    try:
+        yield partial
+        try:
+            publish(partial, final_path)
+        except OSError as exc:
+            raise FileOpsError(os_error_message(exc, f"publish {final_path}")) from None
         partial = None
     finally:
         discard(partial)

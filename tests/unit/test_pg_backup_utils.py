@@ -1,4 +1,4 @@
-"""Unit tests of module_utils/pg_docker.py (pytest, no Docker needed).
+"""Unit tests of module_utils/pg_*.py, pipelines.py and fileops.py (pytest, no Docker needed).
 
 Producers are real subprocesses (``python -c ...``), files are real files under tmp_path,
 failures are the real exception types the modules turn into ``fail_json``.
@@ -25,8 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE_UTILS = ROOT / "module_utils"
 if str(MODULE_UTILS) not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(MODULE_UTILS))
-pgd = importlib.import_module("ansible.module_utils.pg_docker")
+fileops = importlib.import_module("ansible.module_utils.fileops")
 ops_errors = importlib.import_module("ansible.module_utils.ops_errors")
+pg_artifacts = importlib.import_module("ansible.module_utils.pg_artifacts")
+pg_dump = importlib.import_module("ansible.module_utils.pg_dump")
+pg_restore = importlib.import_module("ansible.module_utils.pg_restore")
+pg_session = importlib.import_module("ansible.module_utils.pg_session")
+pipelines = importlib.import_module("ansible.module_utils.pipelines")
 
 PY = sys.executable
 DUMP_TRAILER = "\n--\n-- PostgreSQL database dump complete\n--\n\n"
@@ -60,10 +65,13 @@ def listing(directory: Path) -> list[str]:
 def test_stream_to_file_hashes_what_it_writes(tmp_path):
     out = tmp_path / "out.bin"
     out.touch()
-    sha256, size = pgd.stream_to_file(producer("bytes(range(256)) * 20000"), str(out))
+    result = pipelines.stream_to_file(producer("bytes(range(256)) * 20000"), str(out))
     data = bytes(range(256)) * 20000
-    assert size == len(data) == out.stat().st_size
-    assert sha256 == hashlib.sha256(data).hexdigest() == pgd.sha256_file(str(out))[0]
+    assert result.size == len(data) == out.stat().st_size
+    assert result.sha256 == hashlib.sha256(data).hexdigest() == fileops.sha256_file(str(out))[0]
+    assert result.tail == data[-pipelines.TAIL_BYTES :]
+    assert result.check_error is None
+    assert result.plaintext_sha256 is None  # not encrypted
 
 
 def test_stream_to_file_gzip_compresses_on_the_host(tmp_path):
@@ -71,12 +79,14 @@ def test_stream_to_file_gzip_compresses_on_the_host(tmp_path):
     out.touch()
     expr = f"b'INSERT INTO t VALUES (1);\\n' * 100000 + {DUMP_TRAILER.encode()!r}"
     text = b"INSERT INTO t VALUES (1);\n" * 100000 + DUMP_TRAILER.encode()
-    sha256, size = pgd.stream_to_file(producer(expr), str(out), compression="gzip")
+    result = pipelines.stream_to_file(producer(expr), str(out), compression="gzip")
     raw = out.read_bytes()
     assert gzip.decompress(raw) == text
-    assert size == len(raw) < len(text) // 10
-    assert sha256 == hashlib.sha256(raw).hexdigest()
-    assert pgd.check_plain_trailer(str(out), "database", "gzip").startswith("trailer")
+    assert result.size == len(raw) < len(text) // 10
+    assert result.sha256 == hashlib.sha256(raw).hexdigest()
+    assert pg_artifacts.check_plain_trailer(str(out), "database", "gzip").startswith("trailer")
+    # the tail is of the uncompressed output
+    assert pg_artifacts.tail_has_trailer(result.tail, "-- PostgreSQL database dump complete")
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd binary not installed")
@@ -85,27 +95,28 @@ def test_stream_to_file_zstd_round_trip(tmp_path):
     out.touch()
     expr = f"b'SELECT 1;\\n' * 50000 + {DUMP_TRAILER.encode()!r}"
     text = b"SELECT 1;\n" * 50000 + DUMP_TRAILER.encode()
-    sha256, _ = pgd.stream_to_file(producer(expr), str(out), compression="zstd")
+    result = pipelines.stream_to_file(producer(expr), str(out), compression="zstd")
     back = subprocess.run(["zstd", "-dc", str(out)], capture_output=True, check=True).stdout
     assert back == text
-    assert sha256 == pgd.sha256_file(str(out))[0]
-    assert pgd.check_plain_trailer(str(out), "database", "zstd")
+    assert result.sha256 == fileops.sha256_file(str(out))[0]
+    assert result.size == out.stat().st_size
+    assert pg_artifacts.check_plain_trailer(str(out), "database", "zstd")
 
 
 def test_failing_producer_raises_with_its_stderr(tmp_path):
     out = tmp_path / "out.bin"
     out.touch()
     argv = producer("b'x' * 3_000_000", exit_code=1, stderr="pg_dump: error: connection lost")
-    with pytest.raises(pgd.CommandError, match="connection lost") as info:
-        pgd.stream_to_file(argv, str(out))
+    with pytest.raises(ops_errors.CommandError, match="connection lost") as info:
+        pipelines.stream_to_file(argv, str(out))
     assert info.value.returncode == 1
 
 
 def test_missing_program_is_reported_with_the_fix(tmp_path):
     out = tmp_path / "out.bin"
     out.touch()
-    with pytest.raises(pgd.PgDockerError, match="docker_cli"):
-        pgd.stream_to_file([str(tmp_path / "no-such-docker"), "exec"], str(out))
+    with pytest.raises(ops_errors.PgError, match="docker_cli"):
+        pipelines.stream_to_file([str(tmp_path / "no-such-docker"), "exec"], str(out))
 
 
 def checker(code: str) -> list[str]:
@@ -118,21 +129,25 @@ def test_stream_check_that_reads_only_the_start_passes_and_the_file_is_whole(tmp
     out = tmp_path / "out.dump"
     out.touch()
     head_ok = checker("sys.exit(0 if sys.stdin.buffer.read(5) == b'PGDMP' else 3)")
-    sha256, size = pgd.stream_to_file(
+    result = pipelines.stream_to_file(
         producer("b'PGDMP' + b'0' * 5_000_000"), str(out), check_argv=head_ok
     )
-    assert size == 5_000_005 == out.stat().st_size
-    assert sha256 == pgd.sha256_file(str(out))[0]
+    assert result.check_error is None
+    assert result.size == 5_000_005 == out.stat().st_size
+    assert result.sha256 == fileops.sha256_file(str(out))[0]
 
 
 def test_stream_check_that_reads_everything_sees_every_byte(tmp_path):
     out = tmp_path / "out.dump"
     out.touch()
     counts = checker("sys.exit(0 if len(sys.stdin.buffer.read()) == 3_000_005 else 4)")
-    pgd.stream_to_file(producer("b'PGDMP' + b'1' * 3_000_000"), str(out), check_argv=counts)
+    result = pipelines.stream_to_file(
+        producer("b'PGDMP' + b'1' * 3_000_000"), str(out), check_argv=counts
+    )
+    assert result.check_error is None
 
 
-def test_stream_check_failure_raises_corrupt_backup_with_its_stderr(tmp_path):
+def test_stream_check_failure_is_reported_and_makes_the_dump_corrupt(tmp_path):
     out = tmp_path / "out.dump"
     out.touch()
     refuses = checker(
@@ -140,8 +155,15 @@ def test_stream_check_failure_raises_corrupt_backup_with_its_stderr(tmp_path):
         "sys.stderr.write('pg_restore: error: input file does not appear to be a valid archive')\n"
         "sys.exit(1)"
     )
-    with pytest.raises(pgd.CorruptBackupError, match="does not appear to be a valid archive"):
-        pgd.stream_to_file(producer("b'garbage' * 500_000"), str(out), check_argv=refuses)
+    result = pipelines.stream_to_file(
+        producer("b'garbage' * 500_000"), str(out), check_argv=refuses
+    )
+    assert "does not appear to be a valid archive" in result.check_error
+    plan = {"format": "custom", "mode": "database", "recipients": []}
+    with pytest.raises(
+        ops_errors.CorruptBackupError, match="does not appear to be a valid archive"
+    ):
+        pg_dump.require_readable_stream(result, plan)
 
 
 def test_failing_producer_wins_over_a_passing_check(tmp_path):
@@ -151,31 +173,18 @@ def test_failing_producer_wins_over_a_passing_check(tmp_path):
         "b'PGDMP' + b'x' * 2_000_000", exit_code=1, stderr="server closed the connection"
     )
     head_ok = checker("sys.exit(0 if sys.stdin.buffer.read(5) == b'PGDMP' else 3)")
-    with pytest.raises(pgd.CommandError, match="server closed the connection"):
-        pgd.stream_to_file(argv, str(out), check_argv=head_ok)
+    with pytest.raises(ops_errors.CommandError, match="server closed the connection"):
+        pipelines.stream_to_file(argv, str(out), check_argv=head_ok)
 
 
 def test_produce_file_publishes_atomically_with_modes(tmp_path):
     final = tmp_path / "db.dump"
-    seen = {}
-
-    def write(partial):
-        seen["partial"] = partial
+    with fileops.produce_file(str(final)) as partial:
         assert Path(partial).name.startswith(".db.dump.partial-")
         assert Path(partial).parent == tmp_path
-        assert not final.exists()
-        return pgd.stream_to_file(producer("b'PGDMP' + b'0' * 2_500_000"), partial)
-
-    def before_publish(sha256, size, description):
-        seen["before"] = (sha256, size, description)
-        assert not final.exists()
-
-    sha256, size, description = pgd.produce_file(
-        str(final), write, lambda p: "checked", before_publish
-    )
-    assert description == "checked"
-    assert seen["before"] == (sha256, size, "checked")
-    assert final.stat().st_size == size == 2_500_005
+        result = pipelines.stream_to_file(producer("b'PGDMP' + b'0' * 2_500_000"), partial)
+        assert not final.exists()  # not before the block ends (the manifest is written here)
+    assert final.stat().st_size == result.size == 2_500_005
     assert mode(final) == 0o600
     assert listing(tmp_path) == ["db.dump"]  # no partial file left
 
@@ -183,12 +192,10 @@ def test_produce_file_publishes_atomically_with_modes(tmp_path):
 def test_produce_file_removes_partial_when_producer_fails(tmp_path):
     final = tmp_path / "db.dump"
     (tmp_path / "older.dump").write_bytes(b"earlier backup")
-
-    def write(partial):
-        return pgd.stream_to_file(producer("b'y' * 2_000_000", exit_code=1, stderr="boom"), partial)
-
-    with pytest.raises(pgd.CommandError, match="boom"):
-        pgd.produce_file(str(final), write, lambda p: "never")
+    argv = producer("b'y' * 2_000_000", exit_code=1, stderr="boom")
+    with pytest.raises(ops_errors.CommandError, match="boom"):
+        with fileops.produce_file(str(final)) as partial:
+            pipelines.stream_to_file(argv, partial)
     assert listing(tmp_path) == ["older.dump"]
     assert (tmp_path / "older.dump").read_bytes() == b"earlier backup"
 
@@ -196,16 +203,17 @@ def test_produce_file_removes_partial_when_producer_fails(tmp_path):
 def test_produce_file_removes_file_when_verification_fails(tmp_path):
     final = tmp_path / "db.sql"
     published = []
+    # a plain dump cut short: no completion trailer
+    argv = producer("b'CREATE TABLE t (id int);\\n' * 1000")
 
-    def write(partial):
-        # a plain dump cut short: no completion trailer
-        return pgd.stream_to_file(producer("b'CREATE TABLE t (id int);\\n' * 1000"), partial)
+    def dump_verify_publish():
+        with fileops.produce_file(str(final)) as partial:
+            pipelines.stream_to_file(argv, partial)
+            pg_artifacts.check_plain_trailer(partial, "database", "none")
+            published.append(partial)  # the manifest would be written here
 
-    def verify(partial):
-        return pgd.check_plain_trailer(partial, "database", "none")
-
-    with pytest.raises(pgd.CorruptBackupError, match="truncated"):
-        pgd.produce_file(str(final), write, verify, lambda *a: published.append(a))
+    with pytest.raises(ops_errors.CorruptBackupError, match="truncated"):
+        dump_verify_publish()
     assert published == []
     assert listing(tmp_path) == []
 
@@ -222,12 +230,9 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr("builtins.open", full_open)
     final = tmp_path / "db.dump"
-
-    def write(partial):
-        return pgd.stream_to_file(producer("b'z' * 3_000_000"), partial)
-
-    with pytest.raises(pgd.PgDockerError, match="no space left on the device"):
-        pgd.produce_file(str(final), write, str)
+    with pytest.raises(ops_errors.FileOpsError, match="no space left on the device"):
+        with fileops.produce_file(str(final)) as partial:
+            pipelines.stream_to_file(producer("b'z' * 3_000_000"), partial)
     assert listing(tmp_path) == []
 
 
@@ -246,29 +251,29 @@ def test_manifest_round_trip_is_atomic_and_private(tmp_path):
         "size": 12,
         "row_counts": {"public.t": 3},
     }
-    pgd.write_json_atomic(str(path), data)
-    assert pgd.read_manifest(str(path)) == data
+    fileops.write_json_atomic(str(path), data)
+    assert pg_artifacts.read_manifest(str(path)) == data
     assert mode(path) == 0o600
     assert listing(tmp_path) == ["app.manifest.json"]
 
 
 def test_manifest_problems_are_real_errors(tmp_path):
-    with pytest.raises(pgd.PgDockerError, match="manifest_path"):
-        pgd.read_manifest(str(tmp_path / "missing.manifest.json"))
+    with pytest.raises(ops_errors.PgError, match="manifest_path"):
+        pg_artifacts.read_manifest(str(tmp_path / "missing.manifest.json"))
     bad = tmp_path / "bad.manifest.json"
     bad.write_text("{not json")
-    with pytest.raises(pgd.CorruptBackupError, match="cannot be read as JSON"):
-        pgd.read_manifest(str(bad))
+    with pytest.raises(ops_errors.CorruptBackupError, match="cannot be read as JSON"):
+        pg_artifacts.read_manifest(str(bad))
     bad.write_text(json.dumps({"backup_id": "b1"}))
-    with pytest.raises(pgd.CorruptBackupError, match="lacks label, file"):
-        pgd.read_manifest(str(bad))
+    with pytest.raises(ops_errors.CorruptBackupError, match="lacks label, file"):
+        pg_artifacts.read_manifest(str(bad))
 
 
 def test_build_manifest_carries_plan_and_facts():
-    plan = pgd.backup_plan(
+    plan = pg_dump.backup_plan(
         {"database": "app", "dest_dir": "/b", "backup_id": "x1", "format": "plain"}
     )
-    manifest = pgd.build_manifest(plan, sha256="a" * 64, size=5, verified=True)
+    manifest = pg_artifacts.build_manifest(plan, sha256="a" * 64, size=5, verified=True)
     assert manifest["file"] == "app.sql"
     assert manifest["mode"] == "database"
     assert manifest["format"] == "plain"
@@ -290,51 +295,51 @@ def test_build_manifest_carries_plan_and_facts():
 def test_trailer_check_accepts_complete_dumps(tmp_path, mode_name, trailer):
     path = tmp_path / "d.sql"
     path.write_text("SET x = 1;\n" * 5000 + f"\n--\n{trailer}\n--\n\n")
-    assert trailer in pgd.check_plain_trailer(str(path), mode_name, "none")
+    assert trailer in pg_artifacts.check_plain_trailer(str(path), mode_name, "none")
 
 
 def test_trailer_check_accepts_the_unrestrict_line_of_newer_pg_dump(tmp_path):
     path = tmp_path / "d.sql"
     path.write_text("SET x = 1;\n" + DUMP_TRAILER + "\\unrestrict AbC123\n\n")
-    assert pgd.check_plain_trailer(str(path), "database", "none")
+    assert pg_artifacts.check_plain_trailer(str(path), "database", "none")
 
 
 def test_trailer_check_rejects_truncated_and_foreign_files(tmp_path):
     path = tmp_path / "d.sql"
     path.write_text("--\n-- PostgreSQL database dump complete\n--\nCREATE TABLE late (id int);\n")
-    with pytest.raises(pgd.CorruptBackupError):
-        pgd.check_plain_trailer(str(path), "database", "none")
+    with pytest.raises(ops_errors.CorruptBackupError):
+        pg_artifacts.check_plain_trailer(str(path), "database", "none")
     # a single-database trailer does not complete a cluster dump
     path.write_text(DUMP_TRAILER)
-    with pytest.raises(pgd.CorruptBackupError):
-        pgd.check_plain_trailer(str(path), "cluster", "none")
+    with pytest.raises(ops_errors.CorruptBackupError):
+        pg_artifacts.check_plain_trailer(str(path), "cluster", "none")
 
 
 def test_truncated_gzip_is_corrupt(tmp_path):
     path = tmp_path / "d.sql.gz"
     path.write_bytes(gzip.compress(b"SELECT 1;\n" * 10000 + DUMP_TRAILER.encode())[:-20])
-    with pytest.raises(pgd.CorruptBackupError, match="truncated gzip"):
-        pgd.check_plain_trailer(str(path), "database", "gzip")
+    with pytest.raises(ops_errors.CorruptBackupError, match="truncated gzip"):
+        pg_artifacts.check_plain_trailer(str(path), "database", "gzip")
     path.write_bytes(b"not gzip at all")
-    with pytest.raises(pgd.CorruptBackupError, match="not valid gzip"):
-        pgd.check_plain_trailer(str(path), "database", "gzip")
+    with pytest.raises(ops_errors.CorruptBackupError, match="not valid gzip"):
+        pg_artifacts.check_plain_trailer(str(path), "database", "gzip")
 
 
 # --------------------------------------------------------------------------- names
 
 
 def test_backup_ids_and_labels_are_file_name_safe():
-    assert pgd.check_name("20240502T091403_nightly-1.2", "backup_id")
+    assert pg_artifacts.check_name("20240502T091403_nightly-1.2", "backup_id")
     for bad in ["", "..", ".hidden", "a/b", "a b", "x;rm", "ü"]:
-        with pytest.raises(pgd.PgDockerError, match="not allowed"):
-            pgd.check_name(bad, "backup_id")
+        with pytest.raises(ops_errors.PgError, match="not allowed"):
+            pg_artifacts.check_name(bad, "backup_id")
 
 
 def test_sanitize_label():
-    assert pgd.sanitize_label("app") == "app"
-    assert pgd.sanitize_label("my db/ü") == "my_db_"
-    assert pgd.sanitize_label("..x") == "x"
-    assert pgd.sanitize_label("") == "backup"
+    assert pg_artifacts.sanitize_label("app") == "app"
+    assert pg_artifacts.sanitize_label("my db/ü") == "my_db_"
+    assert pg_artifacts.sanitize_label("..x") == "x"
+    assert pg_artifacts.sanitize_label("") == "backup"
 
 
 def test_artifact_names_and_their_labels():
@@ -346,37 +351,39 @@ def test_artifact_names_and_their_labels():
         ("plain", "zstd"): "app.sql.zst",
     }
     for (fmt, compression), name in cases.items():
-        assert pgd.artifact_name("app", fmt, compression) == name
-        assert pgd.label_from_artifact(name) == "app"
-    assert pgd.label_from_artifact("app.tar") is None
-    with pytest.raises(pgd.PgDockerError, match="format=plain only"):
-        pgd.artifact_name("app", "custom", "gzip")
+        assert pg_artifacts.artifact_name("app", fmt, compression) == name
+        assert pg_artifacts.label_from_artifact(name) == "app"
+    assert pg_artifacts.label_from_artifact("app.tar") is None
+    with pytest.raises(ops_errors.PgError, match="format=plain only"):
+        pg_artifacts.artifact_name("app", "custom", "gzip")
 
 
 def test_pg_identifier_keeps_suffix_within_63_bytes():
-    assert pgd.pg_identifier("app", "__pre_b1") == "app__pre_b1"
-    long_name = pgd.pg_identifier("a" * 70, "__restore_0123abcd")
+    assert pg_artifacts.pg_identifier("app", "__pre_b1") == "app__pre_b1"
+    long_name = pg_artifacts.pg_identifier("a" * 70, "__restore_0123abcd")
     assert len(long_name.encode()) == 63
     assert long_name.endswith("__restore_0123abcd")
-    multibyte = pgd.pg_identifier("ä" * 40, "__pre_2024")
+    multibyte = pg_artifacts.pg_identifier("ä" * 40, "__pre_2024")
     assert len(multibyte.encode()) <= 63
     assert multibyte.endswith("__pre_2024")
     multibyte.encode("utf-8").decode("utf-8")  # no split character
-    both_long = pgd.pg_identifier("b" * 60, "__pre_" + "x" * 60)
+    both_long = pg_artifacts.pg_identifier("b" * 60, "__pre_" + "x" * 60)
     assert len(both_long.encode()) <= 63
-    other = pgd.pg_identifier("b" * 60, "__pre_" + "x" * 59 + "y")
+    other = pg_artifacts.pg_identifier("b" * 60, "__pre_" + "x" * 59 + "y")
     assert other != both_long  # the hash keeps long ids apart
 
 
 def test_quoting_and_marker():
-    assert pgd.quote_ident('we"ird') == '"we""ird"'
-    assert pgd.quote_literal("it's") == "'it''s'"
-    assert pgd.restore_marker("b1", "ab") == "opsauto-restore backup_id=b1 sha256=ab"
+    assert pg_artifacts.quote_ident('we"ird') == '"we""ird"'
+    assert pg_artifacts.quote_literal("it's") == "'it''s'"
+    assert pg_artifacts.restore_marker("b1", "ab") == "opsauto-restore backup_id=b1 sha256=ab"
 
 
 def test_compare_rows_reports_every_difference():
-    assert pgd.compare_rows({"public.a": 1}, {"public.a": 1}) == []
-    problems = pgd.compare_rows({"public.a": 1, "public.b": 2}, {"public.a": 0, "public.c": 5})
+    assert pg_restore.compare_rows({"public.a": 1}, {"public.a": 1}) == []
+    problems = pg_restore.compare_rows(
+        {"public.a": 1, "public.b": 2}, {"public.a": 0, "public.c": 5}
+    )
     assert problems == [
         "public.a: expected 1, found 0",
         "public.b: expected 2, found None",
@@ -388,29 +395,29 @@ def test_compare_rows_reports_every_difference():
 
 
 def test_backup_plan_paths_and_defaults():
-    plan = pgd.backup_plan({"database": "app", "dest_dir": "/backups", "backup_id": "n1"})
+    plan = pg_dump.backup_plan({"database": "app", "dest_dir": "/backups", "backup_id": "n1"})
     assert plan["format"] == "custom"
     assert plan["label"] == "app"
     assert plan["path"] == "/backups/n1/app.dump"
     assert plan["manifest_path"] == "/backups/n1/app.manifest.json"
-    cluster = pgd.backup_plan(
+    cluster = pg_dump.backup_plan(
         {"mode": "cluster", "dest_dir": "/b", "backup_id": "n1", "compression": "gzip"}
     )
     assert (cluster["format"], cluster["name"]) == ("plain", "cluster.sql.gz")
 
 
 def test_compress_level_becomes_pg_dump_z_and_goes_into_the_manifest():
-    pg = pgd.PgContainer("db1", "postgres")
-    plan = pgd.backup_plan(
+    pg = pg_session.PgContainer("db1", "postgres")
+    plan = pg_dump.backup_plan(
         {"database": "app", "dest_dir": "/b", "backup_id": "z1", "compress_level": 1}
     )
-    command = pgd._dump_command(pg, plan, "00000003-1")
+    command = pg_dump._dump_command(pg, plan, "00000003-1")
     assert command[command.index("-Z") + 1] == "1"
     assert command[-1] == "-Fc"
-    assert pgd.build_manifest(plan)["compress_level"] == 1
-    default = pgd.backup_plan({"database": "app", "dest_dir": "/b", "backup_id": "z2"})
-    assert "-Z" not in pgd._dump_command(pg, default, "00000003-1")
-    assert pgd.build_manifest(default)["compress_level"] is None
+    assert pg_artifacts.build_manifest(plan)["compress_level"] == 1
+    default = pg_dump.backup_plan({"database": "app", "dest_dir": "/b", "backup_id": "z2"})
+    assert "-Z" not in pg_dump._dump_command(pg, default, "00000003-1")
+    assert pg_artifacts.build_manifest(default)["compress_level"] is None
 
 
 @pytest.mark.parametrize(
@@ -430,15 +437,15 @@ def test_compress_level_becomes_pg_dump_z_and_goes_into_the_manifest():
     ],
 )
 def test_backup_plan_rejects_bad_combinations(params, message):
-    with pytest.raises(pgd.PgDockerError, match=message):
-        pgd.backup_plan({"dest_dir": "/b", **params})
+    with pytest.raises(ops_errors.PgError, match=message):
+        pg_dump.backup_plan({"dest_dir": "/b", **params})
 
 
 # --------------------------------------------------------------------------- containers
 
 
 def test_password_goes_through_the_environment_only():
-    pg = pgd.PgContainer("db1", "app", "s3cret!")
+    pg = pg_session.PgContainer("db1", "app", "s3cret!")
     argv = pg.exec_argv(["pg_dump", *pg.conn_args("app")])
     assert "s3cret!" not in " ".join(argv)
     assert argv[:5] == ["docker", "exec", "-e", "PGPASSWORD", "-e"]
@@ -450,7 +457,7 @@ def test_password_goes_through_the_environment_only():
 
 def test_without_password_the_local_socket_is_used(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "leaked-from-controller")
-    pg = pgd.PgContainer("db1", "postgres", "")
+    pg = pg_session.PgContainer("db1", "postgres", "")
     assert pg.conn_args()[:2] == ["-h", "/var/run/postgresql"]
     assert "PGPASSWORD" not in pg.env()
     assert "PGPASSWORD" not in pg.exec_argv(["psql"], interactive=True)
@@ -475,7 +482,7 @@ def test_without_password_the_local_socket_is_used(monkeypatch):
     ],
 )
 def test_errors_name_cause_and_fix(stderr, expected):
-    assert expected in pgd.PgContainer("C", "app").explain(stderr, 1)
+    assert expected in pg_session.PgContainer("C", "app").explain(stderr, 1)
 
 
 def fake_docker(tmp_path: Path, has_sh: bool) -> str:
@@ -501,7 +508,7 @@ def fake_docker(tmp_path: Path, has_sh: bool) -> str:
 
 @pytest.mark.parametrize("has_sh", [True, False], ids=["one-exec", "no-sh-in-image"])
 def test_client_versions_with_and_without_a_shell_in_the_image(tmp_path, has_sh):
-    pg = pgd.PgContainer("C", "app", docker_cli=fake_docker(tmp_path, has_sh))
+    pg = pg_session.PgContainer("C", "app", docker_cli=fake_docker(tmp_path, has_sh))
     versions = pg.client_versions(("pg_dump", "pg_dumpall", "pg_restore"))
     # each program's own line, in order, in both ways of asking
     assert versions == {
@@ -512,8 +519,8 @@ def test_client_versions_with_and_without_a_shell_in_the_image(tmp_path, has_sh)
 
 
 def test_missing_docker_cli_is_a_clear_error(tmp_path):
-    pg = pgd.PgContainer("C", "app", docker_cli=str(tmp_path / "docker"))
-    with pytest.raises(pgd.PgDockerError, match="not found: install it or set docker_cli"):
+    pg = pg_session.PgContainer("C", "app", docker_cli=str(tmp_path / "docker"))
+    with pytest.raises(ops_errors.PgError, match="not found: install it or set docker_cli"):
         pg.check_running()
 
 
@@ -521,20 +528,20 @@ def test_missing_docker_cli_is_a_clear_error(tmp_path):
 
 
 def _plain_backup(tmp_path, content):
-    plan = pgd.backup_plan(
+    plan = pg_dump.backup_plan(
         {"database": "app", "dest_dir": str(tmp_path), "backup_id": "b1", "format": "plain"}
     )
     os.makedirs(plan["directory"])
     Path(plan["path"]).write_bytes(content)
-    sha256, size = pgd.sha256_file(plan["path"])
-    manifest = pgd.build_manifest(plan, sha256=sha256, size=size, verify_method="trailer")
-    pgd.write_json_atomic(plan["manifest_path"], manifest)
+    sha256, size = fileops.sha256_file(plan["path"])
+    manifest = pg_artifacts.build_manifest(plan, sha256=sha256, size=size, verify_method="trailer")
+    fileops.write_json_atomic(plan["manifest_path"], manifest)
     return plan, manifest
 
 
 def test_existing_backup_that_verifies_is_reused(tmp_path):
     plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" + DUMP_TRAILER.encode())
-    assert pgd.check_existing(None, plan) == manifest
+    assert pg_dump.check_existing(None, plan) == manifest
 
 
 def test_existing_backup_that_does_not_match_is_left_alone(tmp_path):
@@ -542,41 +549,41 @@ def test_existing_backup_that_does_not_match_is_left_alone(tmp_path):
     data = bytearray(Path(plan["path"]).read_bytes())
     data[3] ^= 0xFF
     Path(plan["path"]).write_bytes(bytes(data))
-    with pytest.raises(pgd.CorruptBackupError, match="does not match its manifest"):
-        pgd.check_existing(None, plan)
+    with pytest.raises(ops_errors.CorruptBackupError, match="does not match its manifest"):
+        pg_dump.check_existing(None, plan)
     assert Path(plan["path"]).read_bytes() == bytes(data)
 
 
 def test_existing_dump_without_manifest_is_refused(tmp_path):
-    plan = pgd.backup_plan({"database": "app", "dest_dir": str(tmp_path), "backup_id": "b1"})
+    plan = pg_dump.backup_plan({"database": "app", "dest_dir": str(tmp_path), "backup_id": "b1"})
     os.makedirs(plan["directory"])
     Path(plan["path"]).write_bytes(b"something")
-    with pytest.raises(pgd.PgDockerError, match="manifest .* does not"):
-        pgd.check_existing(None, plan)
+    with pytest.raises(ops_errors.PgError, match="manifest .* does not"):
+        pg_dump.check_existing(None, plan)
 
 
 def test_manifest_without_dump_means_dump_again(tmp_path):
     plan, _ = _plain_backup(tmp_path, b"x" + DUMP_TRAILER.encode())
     os.unlink(plan["path"])
-    assert pgd.check_existing(None, plan) is None
+    assert pg_dump.check_existing(None, plan) is None
 
 
 def test_verify_backup_detects_a_flipped_byte(tmp_path):
     plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" * 100 + DUMP_TRAILER.encode())
-    assert pgd.verify_backup(None, plan["path"], manifest)["sha256"] == manifest["sha256"]
+    assert pg_restore.verify_backup(None, plan["path"], manifest)["sha256"] == manifest["sha256"]
     data = bytearray(Path(plan["path"]).read_bytes())
     data[100] ^= 0x01
     Path(plan["path"]).write_bytes(bytes(data))
-    with pytest.raises(pgd.CorruptBackupError, match="corrupt: sha256 check failed"):
-        pgd.verify_backup(None, plan["path"], manifest)
+    with pytest.raises(ops_errors.CorruptBackupError, match="corrupt: sha256 check failed"):
+        pg_restore.verify_backup(None, plan["path"], manifest)
 
 
 def test_locate_manifest_beside_the_dump():
-    assert pgd.locate_manifest("/b/x/app.dir.tar") == "/b/x/app.manifest.json"
-    assert pgd.locate_manifest("/b/x/app.sql.gz") == "/b/x/app.manifest.json"
-    assert pgd.locate_manifest("/b/x/app.dump", "/elsewhere/m.json") == "/elsewhere/m.json"
-    with pytest.raises(pgd.PgDockerError, match="manifest_path"):
-        pgd.locate_manifest("/b/x/app.bak")
+    assert pg_artifacts.locate_manifest("/b/x/app.dir.tar") == "/b/x/app.manifest.json"
+    assert pg_artifacts.locate_manifest("/b/x/app.sql.gz") == "/b/x/app.manifest.json"
+    assert pg_artifacts.locate_manifest("/b/x/app.dump", "/elsewhere/m.json") == "/elsewhere/m.json"
+    with pytest.raises(ops_errors.PgError, match="manifest_path"):
+        pg_artifacts.locate_manifest("/b/x/app.bak")
 
 
 # --------------------------------------------------------------------------- files and locks
@@ -584,12 +591,12 @@ def test_locate_manifest_beside_the_dump():
 
 def test_ensure_directory_creates_private_directories(tmp_path):
     target = tmp_path / "a" / "b"
-    assert pgd.ensure_directory(str(target)) is True
+    assert fileops.ensure_directory(str(target)) is True
     assert mode(target) == 0o700
-    assert pgd.ensure_directory(str(target)) is False
+    assert fileops.ensure_directory(str(target)) is False
     (tmp_path / "file").write_text("x")
     with pytest.raises(ops_errors.FileOpsError, match="not a directory"):
-        pgd.ensure_directory(str(tmp_path / "file"))
+        fileops.ensure_directory(str(tmp_path / "file"))
 
 
 def test_lock_held_elsewhere_times_out_clearly(tmp_path):
@@ -598,13 +605,13 @@ def test_lock_held_elsewhere_times_out_clearly(tmp_path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with (
-            pytest.raises(pgd.PgDockerError, match="another pg_backup run holds"),
-            pgd.file_lock(str(lock), timeout=0.5),
+            pytest.raises(ops_errors.PgError, match="another pg_backup run holds"),
+            pg_dump.file_lock(str(lock), timeout=0.5),
         ):
             pass
     finally:
         os.close(fd)
-    with pgd.file_lock(str(lock), timeout=0.5) as held:
+    with pg_dump.file_lock(str(lock), timeout=0.5) as held:
         assert held == str(lock)
 
 
@@ -620,7 +627,7 @@ class FakeServer:
 
     STEPS = (("mark", "MARK_SQL"), ("block", "BLOCK_SQL"), ("swap", "SWAP_SQL"),
              ("unblock", "UNBLOCK_SQL"))  # fmt: skip
-    server_and_databases = pgd.PgContainer.server_and_databases  # the real query and parsing
+    server_and_databases = pg_session.PgContainer.server_and_databases  # the real query and parsing
 
     def __init__(self, fail=None):
         self.dbs = {
@@ -632,7 +639,7 @@ class FakeServer:
 
     def psql(self, sql, database, variables=None, context="", timeout=None):
         v = variables or {}
-        if sql.startswith(pgd.SERVER_INFO_SQL):
+        if sql.startswith(pg_session.SERVER_INFO_SQL):
             self.calls.append("lookup")
             rows = [["15.4", "UTF8", "C", "C", json.dumps(sorted(self.dbs))]]
             for name in v.values():
@@ -640,13 +647,13 @@ class FakeServer:
                     db = self.dbs[name]
                     rows.append([name, db["owner"], db["comment"], "t" if db["allow"] else "f"])
             return rows
-        steps = [name for name, const in self.STEPS if getattr(pgd, const) in sql]
+        steps = [name for name, const in self.STEPS if getattr(pg_restore, const) in sql]
         self.calls.append("+".join(steps))
         for step in steps:
             count, stderr = self.fail.get(step, (0, ""))
             if count:
                 self.fail[step] = (count - 1, stderr)
-                raise pgd.CommandError(f"psql: {stderr}", 3, stderr)
+                raise ops_errors.CommandError(f"psql: {stderr}", 3, stderr)
             if step == "mark":
                 self.dbs[v["work"]]["comment"] = v["marker"]
             elif step == "block":
@@ -660,7 +667,7 @@ class FakeServer:
 
 
 def swap(server):
-    pgd._swap(server, "app", "app__work", "app__pre_b1", "postgres", "MARK", attempts=3)
+    pg_restore._swap(server, "app", "app__work", "app__pre_b1", "postgres", "MARK", attempts=3)
 
 
 def assert_swapped(server):
@@ -696,7 +703,7 @@ def test_swap_that_failed_after_commit_only_gives_the_old_database_its_connectio
 def test_swap_that_cannot_rename_leaves_the_live_database_as_it_was():
     denied = "ERROR:  must be owner of database app"
     server = FakeServer(fail={"swap": (5, denied)})
-    with pytest.raises(pgd.CommandError, match="must be owner"):
+    with pytest.raises(ops_errors.CommandError, match="must be owner"):
         swap(server)
     assert server.dbs["app"] == {"owner": "app", "comment": "", "allow": True}
     assert server.dbs["app__work"]["comment"] == "MARK"  # the caller drops it
@@ -707,8 +714,8 @@ def test_dump_pipe_is_widened_to_one_chunk():
     read, write = os.pipe()
     try:
         with os.fdopen(read, "rb", closefd=False) as stream:
-            pgd._widen_pipe(stream)
-        assert fcntl.fcntl(read, fcntl.F_GETPIPE_SZ) == pgd.CHUNK_SIZE
+            pipelines._widen_pipe(stream)
+        assert fcntl.fcntl(read, fcntl.F_GETPIPE_SZ) == fileops.CHUNK_SIZE
     finally:
         os.close(read)
         os.close(write)
