@@ -759,3 +759,33 @@ def test_pruned_check_mode_lists_without_deleting():
     assert result["pruned"] == ["b"]
     assert result["actions"] == ["would delete snapshot b (beyond the 1 newest managed snapshots)"]
     assert result["diff"]["after"]["managed_snapshots"] == ["a"]
+
+
+# ---------------------------------------------------------------------------- sanity
+
+
+def test_documentation_matches_the_argument_spec():
+    """What ansible-test's validate-modules checks: every option documented as it is parsed."""
+    import yaml
+
+    fragment = importlib.util.spec_from_file_location(
+        "aws_connection", ROOT / "doc_fragments" / "aws_connection.py"
+    )
+    frag = importlib.util.module_from_spec(fragment)
+    fragment.loader.exec_module(frag)
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["extends_documentation_fragment"] == ["aws_connection"]
+    options = {**yaml.safe_load(frag.ModuleDocFragment.DOCUMENTATION)["options"], **doc["options"]}
+    assert set(options) == set(module.ARGUMENT_SPEC)
+    for name, spec in module.ARGUMENT_SPEC.items():
+        documented = options[name]
+        assert documented["type"] == spec["type"], name
+        assert documented.get("default") == spec.get("default"), name
+        assert documented.get("choices") == spec.get("choices"), name
+        assert documented.get("elements") == spec.get("elements"), name
+    secret = {name for name, spec in module.ARGUMENT_SPEC.items() if spec.get("no_log")}
+    assert secret == {"access_key", "secret_key", "session_token"}
+    for section in (module.EXAMPLES, module.RETURN):
+        assert yaml.safe_load(section)
+    for task in yaml.safe_load(module.EXAMPLES):
+        assert set(task["rds_snapshot"]) <= set(module.ARGUMENT_SPEC), task["name"]
