@@ -109,6 +109,16 @@ options:
     description: Database to connect to for C(CREATE), C(ALTER) and C(DROP DATABASE).
     type: str
     default: postgres
+  verified:
+    description:
+      - The RV(verification.backup) result of an earlier run of this module on the same O(path),
+        typically the check-mode run that planned this restore, so that one restore reads and
+        verifies the whole dump once.
+      - It is used only when it was made for the manifest's sha256 and the file still has the
+        device, inode, size and modification time recorded then; otherwise the backup is verified
+        again as usual. The restore itself still fails on unreadable data and still checks the
+        row counts.
+    type: dict
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying
@@ -208,14 +218,16 @@ duration_seconds:
 verification:
   description:
     - C(backup), the checks of the file (C(sha256), C(readable), and C(plaintext_sha256) for an
-      encrypted backup); C(rows), the row count check
-      result (V(null) when not run).
+      encrypted backup; C(file), the device, inode, size and mtime_ns the file had when checked;
+      C(reused) when the checks of O(verified) were taken over instead of reading the file
+      again); C(rows), the row count check result (V(null) when not run).
   returned: always
   type: dict
   sample:
     backup:
       sha256: 9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d
       readable: pg_restore --list (custom archive read from stdin in the container)
+      file: {device: 2049, inode: 1835011, size: 52817, mtime_ns: 1714608000123456789}
     rows: exact match with the manifest's row counts
 msg:
   description: What was done, or would be done in check mode.
@@ -241,6 +253,7 @@ ARGUMENT_SPEC = {
     "verify_rows": {"type": "bool", "default": True},
     "decrypt_identity_file": {"type": "path"},
     "maintenance_db": {"type": "str", "default": "postgres"},
+    "verified": {"type": "dict"},
 }
 
 

@@ -578,6 +578,34 @@ def test_verify_backup_detects_a_flipped_byte(tmp_path):
         pg_restore.verify_backup(None, plan["path"], manifest)
 
 
+def test_a_verification_is_reused_only_while_the_file_is_unchanged(tmp_path):
+    plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" * 100 + DUMP_TRAILER.encode())
+    path = plan["path"]
+    earlier = pg_restore.verify_backup(None, path, manifest)
+    assert earlier["file"]["size"] == manifest["size"]
+    reused = pg_restore.reuse_verification(path, manifest, earlier)
+    assert reused["sha256"] == manifest["sha256"]
+    assert "not read again" in reused["reused"]
+    # checks made for another backup, or without the file's identity, are not taken over
+    assert pg_restore.reuse_verification(path, {**manifest, "sha256": "0" * 64}, earlier) is None
+    no_identity = {key: value for key, value in earlier.items() if key != "file"}
+    assert pg_restore.reuse_verification(path, manifest, no_identity) is None
+    assert pg_restore.reuse_verification(path, manifest, None) is None
+    # the same bytes written again (same size): new modification time, verified again
+    data = Path(path).read_bytes()
+    stat = os.stat(path)
+    Path(path).write_bytes(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert pg_restore.reuse_verification(path, manifest, earlier) is None
+    # a different file put in its place
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    replacement = Path(path + ".new")
+    replacement.write_bytes(data)
+    os.replace(replacement, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert pg_restore.reuse_verification(path, manifest, earlier) is None
+
+
 def test_locate_manifest_beside_the_dump():
     assert pg_artifacts.locate_manifest("/b/x/app.dir.tar") == "/b/x/app.manifest.json"
     assert pg_artifacts.locate_manifest("/b/x/app.sql.gz") == "/b/x/app.manifest.json"
