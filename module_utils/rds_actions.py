@@ -351,9 +351,7 @@ class SnapshotRunbook:
             pairs, self.now(), self.p.get("keep_count"), self.p.get("max_age_days")
         )
         doomed = [d["snapshot_identifier"] for d in decisions if d["delete"]]
-        managed = sorted(
-            snap["DBSnapshotIdentifier"] for snap, tags in pairs if tags.get(OWNER_TAG)
-        )
+        managed = sorted(snap["DBSnapshotIdentifier"] for snap, tags in pairs if is_ours(tags))
         self.before["managed_snapshots"] = managed
         self.after["managed_snapshots"] = [name for name in managed if name not in doomed]
         for decision in decisions:
