@@ -175,9 +175,11 @@ def run_restore(params, check_mode=False):
     # one round trip: connection, password and role problems show up here, and the target
     # and the names a replace uses are looked up (nothing is changed before verification)
     _, infos = pg.server_and_databases([target, work_name, previous_name], maintenance_db)
+    laps = _Laps(started, "prepare_seconds")
     checks = reuse_verification(path, manifest, params.get("verified")) or verify_backup(
         pg, path, manifest, identity
     )
+    laps("verify_seconds")
     marker = restore_marker(backup_id, manifest["sha256"])
     result = {
         "changed": False,
@@ -186,6 +188,7 @@ def run_restore(params, check_mode=False):
         "restored_rows": {},
         "previous_database": None,
         "verification": {"backup": checks, "rows": None},
+        "timings": laps.times,
     }
     current = infos[target]
     if current is not None and current["comment"] == marker:
@@ -235,11 +238,14 @@ def run_restore(params, check_mode=False):
     if replacing and infos[work_db] is not None:
         _drop_database(pg, work_db, maintenance_db)  # left over by an interrupted run
     _create_database(pg, work_db, owner, manifest, maintenance_db)
+    laps("create_seconds")
     swapped = False
     try:
         _restore_into(pg, path, manifest, work_db, params)
+        laps("restore_seconds")
         if params.get("verify_rows", True):
             actual = pg.row_counts(work_db)
+            laps("rows_seconds")
             problems = compare_rows(manifest.get("row_counts") or {}, actual)
             if problems:
                 raise PgError(
@@ -255,6 +261,7 @@ def run_restore(params, check_mode=False):
             swapped = True
         else:
             pg.psql(MARK_SQL, maintenance_db, variables={"work": work_db, "marker": marker})
+        laps("swap_seconds")
     except BaseException:
         if not swapped:
             with contextlib.suppress(PgError):
@@ -274,6 +281,20 @@ def run_restore(params, check_mode=False):
         duration_seconds=round(time.monotonic() - started, 3),
     )
     return result
+
+
+class _Laps:
+    """Seconds per phase of a run: ``laps(name)`` records the time since the previous lap."""
+
+    def __init__(self, started, first):
+        self.times = {}
+        self._last = started
+        self(first)
+
+    def __call__(self, name):
+        now = time.monotonic()
+        self.times[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _restore_into(pg, path, manifest, database, params):

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CONTAINER = "opsauto-bench-db"
 IMAGE = "fastapi-monolith/postgres:15"
+CASES = ("custom", "cluster", "directory", "restore", "memory")
 SOCKET = ["-h", "/var/run/postgresql", "-U", "postgres"]
 READY_TIMEOUT = 120
 
@@ -351,7 +352,29 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
     log("measuring Ansible start-up (ping module)")
     ping = median([run_module("ansible.builtin.ping", {})[0] for _ in range(repeat)])
 
-    # a. custom format
+    cases = set(args.cases)
+    last_dump = None
+    if "custom" in cases:
+        last_dump = bench_custom(work, repeat, common, rows)
+    if "cluster" in cases:
+        bench_cluster(work, repeat, common, rows)
+    if "directory" in cases:
+        bench_directory(work, repeat, common, rows)
+    if "restore" in cases:
+        if last_dump is None:  # the custom dump to restore, taken once (not timed)
+            _, _, taken = run_module(
+                "pg_backup",
+                {**common, "database": "bench", "dest_dir": str(work / "r"), "backup_id": "r0"},
+            )
+            last_dump = taken["path"]
+        bench_restore(repeat, common, rows, last_dump)
+    if "memory" in cases:
+        bench_memory(work, repeat, common, rows)
+    return report(rows, ping, repeat)
+
+
+def bench_custom(work: Path, repeat: int, common: dict, rows: list) -> str:
+    """a. custom format; returns the path of the last dump (restored by case d)."""
     fc = compare_dumps(
         work,
         repeat,
@@ -372,8 +395,13 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
                  median(fc["synced"]), median(fc["inner"]), None,
                  f"under the lock: dump {dump_s} s, verify {verify_s} s",
                  paired(fc["inner"], fc["synced"])))  # fmt: skip
+    rows.append((f"pg_backup peak RSS at this scale (dump {size_mib} MiB)", None, None,
+                 rss_fc, "", None))  # fmt: skip
+    return last_dump
 
-    # b. cluster
+
+def bench_cluster(work: Path, repeat: int, common: dict, rows: list) -> None:
+    """b. cluster: pg_dumpall against mode=cluster."""
     every = compare_dumps(
         work,
         repeat,
@@ -390,7 +418,10 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
                  median(every["synced"]), median(every["inner"]), None, "",
                  paired(every["inner"], every["synced"])))  # fmt: skip
 
-    # c. directory format
+
+def bench_directory(work: Path, repeat: int, common: dict, rows: list) -> None:
+    """c. directory format with 1 and 2 jobs, and c2. compress_level=1 (vs plain -Fc)."""
+    plain_fc = next((row[1] for row in rows if row[0].startswith("pg_dump -Fc vs")), None)
     for jobs in (1, 2):
         times = []
         for n in range(repeat):
@@ -403,7 +434,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
             shutil.rmtree(work / "d" / f"d{jobs}-{n}")
             log(f"c. pg_backup directory -j {jobs} run {n + 1}: {seconds:.1f}s")
         rows.append((f"pg_backup format=directory jobs={jobs} (vs plain pg_dump -Fc)",
-                     median(fc["plain"]), median(times), None, "", None))  # fmt: skip
+                     plain_fc, median(times), None, "", None))  # fmt: skip
 
     # c2. pg_dump's compression level (compress_level=1 against pg_dump's default, 6)
     times, sizes = [], []
@@ -418,12 +449,14 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         shutil.rmtree(work / "z" / f"z{n}")
         log(f"c. pg_backup compress_level=1 run {n + 1}: {seconds:.1f}s")
     rows.append(("pg_backup compress_level=1 (vs plain pg_dump -Fc, level 6)",
-                 median(fc["plain"]), median(times), None,
+                 plain_fc, median(times), None,
                  f"dump {round(sizes[-1] / 2**20, 1)} MiB; whole ansible command",
                  None))  # fmt: skip
 
-    # d. restore
-    plain_rs, module_rs, inner_rs, rss_rs = [], [], [], []
+
+def bench_restore(repeat: int, common: dict, rows: list, last_dump: str) -> None:
+    """d. plain pg_restore into a new database against pg_backup_restore mode=replace."""
+    plain_rs, module_rs, inner_rs, rss_rs, phases = [], [], [], [], []
     # keep_previous is the module's (and role's) default: the replaced database is renamed
     # aside; it is dropped after the timed run, as the plain side's database is (DROP
     # DATABASE forces a checkpoint, which neither side is timed for).
@@ -447,6 +480,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
         seconds, _, result = run_module("pg_backup_restore", restore_args)
         module_rs.append(seconds)
         inner_rs.append(result["duration_seconds"])
+        phases.append(result.get("timings") or {})
         log(f"d. pg_backup_restore replace run {n + 1}: {seconds:.1f}s "
             f"({result['verification']['rows']})")  # fmt: skip
         drop_previous(result)
@@ -461,15 +495,22 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
     drop_previous(result)
     rss_rs.append(rss)
     log(f"d. pg_backup_restore replace, separate run for the peak RSS: {rss} MiB")
+    names = sorted({name for phase in phases for name in phase})
+    phase_note = ", ".join(
+        f"{name.removesuffix('_seconds')} {median([p.get(name, 0) for p in phases])} s"
+        for name in names
+    )
     rows.append(("pg_restore (new db) vs pg_backup_restore mode=replace + verify",
                  median(plain_rs), median(module_rs), max(rss_rs),
                  "module: sha256, pg_restore --list, row counts, swap",
                  paired(module_rs, plain_rs)))  # fmt: skip
     rows.append(("pg_restore (new db) vs pg_backup_restore mode=replace + verify, whole module run",
-                 median(plain_rs), median(inner_rs), None, "",
+                 median(plain_rs), median(inner_rs), None, phase_note,
                  paired(inner_rs, plain_rs)))  # fmt: skip
 
-    # e. memory at scale 1
+
+def bench_memory(work: Path, repeat: int, common: dict, rows: list) -> None:
+    """e. peak RSS of pg_backup on a tiny database (scale 1)."""
     pgbench_init("bench1", 1)
     rss_small = []
     for n in range(repeat):
@@ -482,9 +523,9 @@ def bench(args: argparse.Namespace, work: Path) -> list[str]:
     small_mib = round(result["size"] / 2**20, 1)
     rows.append((f"pg_backup peak RSS at scale 1 (dump {small_mib} MiB)", None, None,
                  max(rss_small), "", None))  # fmt: skip
-    rows.append((f"pg_backup peak RSS at scale {args.scale} (dump {size_mib} MiB)", None, None,
-                 rss_fc, "", None))  # fmt: skip
 
+
+def report(rows: list, ping: float, repeat: int) -> list[str]:
     lines = [
         "| case | plain command (s) | module (s) | ratio | module peak RSS (MiB) | note |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -514,6 +555,13 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is ~1 GB)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median)")
     parser.add_argument("--workdir", default=None, help="where dumps go (default: a temp dir)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=CASES,
+        default=list(CASES),
+        help="cases to run (default: all); restore alone takes one untimed dump first",
+    )
     parser.add_argument(
         "--filler",
         choices=("pgbench", "random"),

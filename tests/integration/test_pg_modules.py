@@ -365,6 +365,37 @@ def test_corrupted_backup_is_refused_and_live_db_untouched(shop_backup, tmp_path
     assert databases() == names
 
 
+def test_restore_takes_over_the_check_mode_verification_of_an_unchanged_file(shop_backup, tmp_path):
+    """The restore role's plan step (check mode) verifies; its restore step hands that over."""
+    _, backed_up = shop_backup
+    copy_dir = tmp_path / "b1"
+    copy_dir.mkdir()
+    dump = copy_dir / "shop.dump"
+    dump.write_bytes(Path(backed_up["path"]).read_bytes())
+    (copy_dir / "shop.manifest.json").write_bytes(Path(backed_up["manifest_path"]).read_bytes())
+    planned = restore(str(dump), "shop_reuse", check=True)
+    assert_ok(planned, changed=True)
+    verified = planned["verification"]["backup"]
+    assert verified["file"]["size"] == backed_up["size"]
+    assert "reused" not in verified
+    # damaged after the check (same size, new mtime): verified again, and refused
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    refused = restore(str(dump), "shop_reuse", verified=verified)
+    assert_failed(refused, "corrupt", "sha256 check failed")
+    assert "shop_reuse" not in databases()
+    # intact again: a new check, whose result the restore takes over without reading the file
+    dump.write_bytes(Path(backed_up["path"]).read_bytes())
+    planned = restore(str(dump), "shop_reuse", check=True)
+    assert_ok(planned, changed=True)
+    result = restore(str(dump), "shop_reuse", verified=planned["verification"]["backup"])
+    assert_ok(result, changed=True)
+    assert "not read again" in result["verification"]["backup"]["reused"]
+    assert result["restored_rows"] == SHOP_ROWS
+    psql("postgres", "DROP DATABASE shop_reuse;")
+
+
 def test_globals_dump_cannot_be_restored(pg, tmp_path):
     taken = backup(tmp_path, "g1", mode="globals", database=None)
     assert_ok(taken, changed=True)
