@@ -531,11 +531,19 @@ def _run_backup(params, check_mode):
 
 
 def _backup_locked(pg, plan, params, info, session):
-    """Under the backup's lock: ``(manifest, created)``; an existing backup is not redone."""
+    """Under the backup's lock: ``(manifest, created)``; an existing backup is not redone.
+
+    ``params["run_lock_held"]``: the caller (backup_sets, a whole backup run) already holds
+    the run lock of the backup directory, which is then the only lock.
+    """
     for directory in (params["dest_dir"], plan["directory"]):
         ensure_directory(directory)
     lock_path = os.path.join(plan["directory"], f".{plan['label']}.lock")
-    with file_lock(lock_path, float(params.get("lock_timeout") or 600)):
+    if params.get("run_lock_held"):
+        lock = contextlib.nullcontext()
+    else:
+        lock = file_lock(lock_path, float(params.get("lock_timeout") or 600))
+    with lock:
         manifest = check_existing(pg, plan)
         if manifest is not None:
             return manifest, False
