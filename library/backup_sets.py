@@ -1,24 +1,40 @@
 #!/usr/bin/python
-"""Ansible module: list backup sets and apply the retention policy."""
+"""Ansible module: backup sets, from the run lock to the seal; listing and retention."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: backup_sets
-short_description: List backup sets, apply a keep-last/daily/weekly/monthly retention, start a run
+short_description: Own a backup set from the run lock to the seal; list sets, apply retention
 description:
-  - Lists the backup sets under O(path) (directories holding C(SET.json), written last by the
-    backup role), newest first, and finds the latest complete one.
-  - With O(state=pruned), deletes complete sets that the retention policy does not keep and
-    incomplete sets (no C(SET.json)) older than O(incomplete_max_age_hours).
-  - The newest verified set is never deleted, whatever the policy.
+  - Lists the backup sets under O(path) (directories holding C(SET.json), written last),
+    newest first, and finds the latest complete one.
   - With O(state=locked), starts a backup run in one step. It creates O(path) (mode C(0700),
     owned by root when run as root) and takes the run lock O(path)C(/.lock), a directory
-    made with C(mkdir), which is atomic. It reports whether the set O(backup_id) exists
-    already (RV(set_exists)). When another run holds the lock, the module fails, says since
-    when, and advises removing the lock only when it is older than O(lock_stale_hours).
-    The caller removes the lock when the run ends.
+    made with C(mkdir), which is atomic. It returns the set's id (a UTC timestamp when
+    O(backup_id) is empty) and directory, and whether the set exists already. When another
+    run holds the lock, the module fails, says since when, and advises removing the lock only
+    when it is older than O(lock_stale_hours). It also checks O(encrypt_recipients) and, when
+    there are any, that C(age) is installed, before anything is written.
+  - With O(state=sealed), takes the set O(backup_id) in one module run. It dumps each of
+    O(databases) and, with O(globals), the cluster globals (as M(pg_backup) does; streamed,
+    verified with C(pg_restore --list) or the plain dump's trailer, sha256 and row counts in
+    a manifest beside each dump; a dump already there that verifies is kept). It snapshots
+    O(config_src) into C(config/) (as M(config_snapshot) does). Last, it writes C(SET.json)
+    from the manifests on disk and the snapshot's checksums, atomically, mode C(0600).
+    Under the run lock of O(state=locked) (O(lock_held)) that lock is the only one.
+  - A O(state=sealed) run that fails removes the set it started (a set that existed before
+    is left as it was), writes the failure metric to O(metrics_dir) and, with O(lock_held),
+    releases the run lock; the message names the cause.
+  - After O(state=sealed) (unless O(offsite_pending)), O(state=pruned) or O(state=query), the
+    module applies the retention policy (O(state=pruned), or O(prune) with
+    O(state=sealed)), writes the
+    node_exporter metrics of the newest set to O(metrics_dir) and, with O(lock_held),
+    releases the run lock.
+  - Retention deletes complete sets that the keep-last/daily/weekly/monthly policy does not
+    keep and incomplete sets (no C(SET.json)) older than O(incomplete_max_age_hours). The
+    newest verified set is never deleted, whatever the policy.
 options:
   path:
     description: Backup directory holding one sub-directory per set.
@@ -29,8 +45,9 @@ options:
       - V(query) only reads; V(pruned) applies the retention policy.
       - V(locked) prepares the directory and takes the run lock (see above). In check mode
         the lock is not taken.
+      - V(sealed) dumps, snapshots and writes C(SET.json) (see above).
     type: str
-    choices: [query, pruned, locked]
+    choices: [query, pruned, locked, sealed]
     default: query
   keep_last:
     description: Keep the newest N complete sets.
@@ -53,19 +70,110 @@ options:
     type: float
     default: 24
   backup_id:
-    description: With O(state=locked), the set this run writes (RV(set_exists) reports on it).
+    description:
+      - The set this run writes. Required with O(state=sealed).
+      - With O(state=locked), empty chooses the current UTC time (C(20261129T030000Z)).
     type: str
   lock_stale_hours:
     description: With O(state=locked), a held lock older than this is reported as probably stale.
     type: float
     default: 6
+  lock_held:
+    description: This run holds the run lock (RV(locked) of O(state=locked)); the module
+      releases it when the run ends here (see above).
+    type: bool
+    default: false
+  databases:
+    description: With O(state=sealed), the databases to dump, one C(pg_dump) each.
+    type: list
+    elements: str
+    default: []
+  globals:
+    description: With O(state=sealed), also dump roles and tablespaces
+      (C(pg_dumpall --globals-only)).
+    type: bool
+    default: true
+  format:
+    description: C(pg_dump) format of each database dump (see M(pg_backup)).
+    type: str
+    choices: [custom, directory, plain]
+    default: custom
+  jobs:
+    description: Parallel C(pg_dump) jobs (O(format=directory) only).
+    type: int
+    default: 1
+  compression:
+    description: Compression of plain dumps on the host (see M(pg_backup)).
+    type: str
+    choices: [none, gzip, zstd]
+    default: none
+  compress_level:
+    description: C(pg_dump -Z) for custom and directory dumps; omitted, pg_dump's default.
+    type: int
+  container:
+    description: With O(state=sealed), name or ID of the running PostgreSQL container.
+    type: str
+  docker_cli:
+    description: The docker CLI to run, a name looked up in PATH or a full path.
+    type: path
+    default: docker
+  login_user:
+    description: With O(state=sealed), PostgreSQL role to connect as (a superuser for the globals).
+    type: str
+  login_password:
+    description: Password of O(login_user); it reaches the clients only through the environment.
+    type: str
+  encrypt_recipients:
+    description:
+      - age public keys to encrypt every dump and the C(.env) snapshot to (see M(pg_backup)
+        and M(config_snapshot)); empty, nothing is encrypted.
+      - Checked by O(state=locked) too, with the presence of C(age) on the host.
+    type: list
+    elements: str
+    default: []
+  config_src:
+    description: With O(state=sealed), the deployed project directory to snapshot into the
+      set's C(config/); omitted, no snapshot.
+    type: path
+  project:
+    description: Project name, in C(SET.json), in the metrics' C(project) label and in messages.
+    type: str
+    default: ""
+  host:
+    description: Host name recorded in C(SET.json); empty, the host's own name.
+    type: str
+    default: ""
+  prune:
+    description: With O(state=sealed), apply the retention policy after sealing.
+    type: bool
+    default: false
+  offsite_pending:
+    description: With O(state=sealed), an off-site copy follows; retention, metrics and the
+      release of the lock wait for a later O(state=pruned) or O(state=query).
+    type: bool
+    default: false
+  metrics_dir:
+    description:
+      - node_exporter textfile directory for C(opsauto_backup.prom) (the newest set's time,
+        size, duration, verification, the number of sets); empty, no metrics.
+      - A failed O(state=sealed) run writes C(opsauto_backup_failure.prom) there.
+    type: path
+    default: ""
+  offsite_success:
+    description: The newest set was copied off-site and verified; adds the off-site gauge to
+      the metrics and removes an earlier failure flag (C(opsauto_backup_offsite.prom)).
+      Omitted, no off-site gauge.
+    type: bool
 attributes:
   check_mode:
     support: full
-    description: Reports the sets it would delete and deletes nothing.
+    description:
+      - Reports the sets it would delete and deletes nothing; the lock is not taken.
+      - O(state=sealed) connects to the server read-only and verifies existing dumps; for a
+        set that does not exist it reports what it would write, and writes nothing.
   diff_mode:
-    support: full
-    description: Shows the list of set ids before and after pruning (not for V(locked)).
+    support: partial
+    description: Shows the list of set ids before and after pruning.
   platform:
     platforms: posix
 author:
@@ -88,105 +196,155 @@ EXAMPLES = r"""
   backup_sets:
     path: /var/backups/fastapi-monolith
     state: locked
-    backup_id: 20261129T010000Z
   register: run
+
+- name: Dump, snapshot and seal the set; retention, metrics, release the lock
+  backup_sets:
+    path: /var/backups/fastapi-monolith
+    state: sealed
+    backup_id: "{{ run.backup_id }}"
+    lock_held: "{{ run.locked }}"
+    databases: [appdb]
+    container: fastapi-monolith-db-1
+    login_user: app
+    login_password: "{{ vault_db_password }}"
+    config_src: /srv/fastapi-monolith
+    project: fastapi-monolith
+    prune: true
+    metrics_dir: /var/lib/prometheus/node-exporter
 """
 
 RETURN = r"""
 sets:
-  description: Complete sets, newest first (after pruning when O(state=pruned)).
-  returned: always
+  description: Complete sets, newest first (after pruning when pruning).
+  returned: unless O(state=locked), or O(state=sealed) with O(offsite_pending)
   type: list
   elements: dict
   sample: [{"backup_id": "20261128T120000Z", "created": "2026-11-28T12:00:00Z", "verified": true}]
 latest:
   description: The newest complete set, or null when there is none.
-  returned: always
+  returned: unless O(state=locked), or O(state=sealed) with O(offsite_pending)
   type: dict
 incomplete:
   description: Ids of incomplete sets (no SET.json) still present.
-  returned: always
+  returned: unless O(state=locked), or O(state=sealed) with O(offsite_pending)
   type: list
   elements: str
 deleted:
   description: Ids of the sets deleted (or that would be, in check mode).
-  returned: always
+  returned: unless O(state=locked), or O(state=sealed) with O(offsite_pending)
   type: list
   elements: str
 kept:
   description: Kept set ids with the reasons (last, daily, weekly, monthly, newest-verified).
-  returned: when O(state=pruned)
+  returned: when pruning
   type: dict
+backup_id:
+  description: The set's id (chosen by O(state=locked) when O(backup_id) is empty).
+  returned: when O(state=locked) or O(state=sealed)
+  type: str
+  sample: 20261129T030000Z
+set_dir:
+  description: The set's directory.
+  returned: when O(state=locked) or O(state=sealed)
+  type: str
+  sample: /var/backups/fastapi-monolith/20261129T030000Z
 set_exists:
-  description: Whether the directory of the set O(backup_id) existed before this run.
-  returned: when O(state=locked)
+  description: Whether the set's directory existed before this run (before the dumps).
+  returned: when O(state=locked) or O(state=sealed)
   type: bool
 locked:
   description: Whether this run took the lock (false only in check mode).
   returned: when O(state=locked)
   type: bool
 lock:
-  description: Path of the lock directory; remove it when the run ends.
+  description: Path of the lock directory.
   returned: when O(state=locked)
   type: str
   sample: /var/backups/fastapi-monolith/.lock
+set:
+  description: The content of C(SET.json) (null in check mode when the set does not exist).
+  returned: when O(state=sealed)
+  type: dict
+  sample:
+    backup_id: 20261129T030000Z
+    created: "2026-11-29T03:00:01Z"
+    host: app1
+    project: fastapi-monolith
+    databases: [appdb]
+    verified: true
+    dumps: [{label: appdb, file: appdb.dump, mode: database, format: custom, size: 48213,
+             sha256: 9b1d3f5a..., duration_seconds: 0.8, compression: none, encryption: null}]
+    config: {config/compose.yaml: 3f2a...}
+dumps:
+  description: Per dump, its path, whether it was written (changed) and what was done.
+  returned: when O(state=sealed)
+  type: list
+  elements: dict
+config_changes:
+  description: Files of the configuration snapshot written (or that would be).
+  returned: when O(state=sealed)
+  type: list
+  elements: str
+released:
+  description: Whether the run lock was released by this task (also on a failed O(state=sealed)).
+  returned: with O(lock_held), unless O(offsite_pending)
+  type: bool
+msg:
+  description: What was done (or would be, in check mode).
+  returned: when O(state=sealed), O(state=pruned) or O(state=query)
+  type: str
 """
 
-from ansible.module_utils.backup_sets import (
-    BackupSetError,
-    list_sets,
-    open_run,
-    prune,
-    select_keep,
-)
+import platform
+
+from ansible.module_utils.backup_run import RunFailed, finish, take_set
+from ansible.module_utils.backup_sets import BackupSetError, new_backup_id, open_run
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.ops_errors import OpsError
+
+
+def check_run_inputs(params: dict) -> None:
+    """Refuse bad recipients (a secret key is not echoed) and a missing age, before writing."""
+    from ansible.module_utils.age import check_recipients
+    from ansible.module_utils.pipelines import find_binary
+
+    if check_recipients(params["encrypt_recipients"]):
+        find_binary("age")
 
 
 def run(module: AnsibleModule) -> dict:
-    params = module.params
-    if params["state"] == "locked":
-        if not params["backup_id"]:
-            raise BackupSetError("state=locked needs backup_id, the id of the set this run writes.")
+    params = dict(module.params, host=module.params["host"] or platform.node())
+    params["diff"] = module._diff
+    state = params["state"]
+    if state == "locked":
+        check_run_inputs(params)
         return open_run(
-            params["path"], params["backup_id"], params["lock_stale_hours"], module.check_mode
+            params["path"],
+            params["backup_id"] or new_backup_id(),
+            params["lock_stale_hours"],
+            module.check_mode,
         )
-    sets = list_sets(params["path"])
-    result = {"changed": False, "deleted": [], "kept": {}}
-    if params["state"] == "pruned":
-        for name in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
-            if params[name] < 0:
-                module.fail_json(msg=f"{name} must be 0 or more, got {params[name]}.")
-        reasons = select_keep(
-            sets,
-            params["keep_last"],
-            params["keep_daily"],
-            params["keep_weekly"],
-            params["keep_monthly"],
-        )
-        doomed = prune(sets, reasons, params["incomplete_max_age_hours"], module.check_mode)
-        gone = {b.backup_id for b in doomed}
-        result.update(changed=bool(doomed), deleted=sorted(gone), kept=reasons)
-        if module._diff:
-            result["diff"] = {
-                "before": "\n".join(sorted(b.backup_id for b in sets)) + "\n",
-                "after": "\n".join(sorted(b.backup_id for b in sets if b.backup_id not in gone))
-                + "\n",
-            }
-        sets = [b for b in sets if b.backup_id not in gone]
-    complete = [b.as_dict() for b in sets if b.complete]
-    result.update(
-        sets=complete,
-        latest=complete[0] if complete else None,
-        incomplete=[b.backup_id for b in sets if not b.complete],
-    )
-    return result
+    if state == "sealed":
+        missing = [n for n in ("backup_id", "container", "login_user") if not params[n]]
+        if missing:
+            raise BackupSetError(f"state=sealed needs {', '.join(missing)}.")
+        result = take_set(params, module.check_mode)
+        if params["offsite_pending"]:
+            return result
+        return finish(dict(params, retention=params["prune"]), module.check_mode, result)
+    return finish(dict(params, retention=state == "pruned"), module.check_mode, {"changed": False})
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "path": {"type": "path", "required": True},
-            "state": {"type": "str", "choices": ["query", "pruned", "locked"], "default": "query"},
+            "state": {
+                "type": "str",
+                "choices": ["query", "pruned", "locked", "sealed"],
+                "default": "query",
+            },
             "keep_last": {"type": "int", "default": 7},
             "keep_daily": {"type": "int", "default": 7},
             "keep_weekly": {"type": "int", "default": 4},
@@ -194,12 +352,37 @@ def main() -> None:
             "incomplete_max_age_hours": {"type": "float", "default": 24},
             "backup_id": {"type": "str"},
             "lock_stale_hours": {"type": "float", "default": 6},
+            "lock_held": {"type": "bool", "default": False},
+            "databases": {"type": "list", "elements": "str", "default": []},
+            "globals": {"type": "bool", "default": True},
+            "format": {
+                "type": "str",
+                "choices": ["custom", "directory", "plain"],
+                "default": "custom",
+            },
+            "jobs": {"type": "int", "default": 1},
+            "compression": {"type": "str", "choices": ["none", "gzip", "zstd"], "default": "none"},
+            "compress_level": {"type": "int"},
+            "container": {"type": "str"},
+            "docker_cli": {"type": "path", "default": "docker"},
+            "login_user": {"type": "str"},
+            "login_password": {"type": "str", "no_log": True},
+            "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
+            "config_src": {"type": "path"},
+            "project": {"type": "str", "default": ""},
+            "host": {"type": "str", "default": ""},
+            "prune": {"type": "bool", "default": False},
+            "offsite_pending": {"type": "bool", "default": False},
+            "metrics_dir": {"type": "path", "default": ""},
+            "offsite_success": {"type": "bool"},
         },
         supports_check_mode=True,
     )
     try:
         module.exit_json(**run(module))
-    except BackupSetError as exc:
+    except RunFailed as exc:
+        module.fail_json(msg=str(exc), released=exc.released)
+    except OpsError as exc:
         module.fail_json(msg=str(exc))
 
 

@@ -1,8 +1,11 @@
-"""Backup sets on disk: listing, and the retention policy (keep last / daily / weekly / monthly).
+"""Backup sets on disk: their description (SET.json), listing, the retention policy (keep
+last / daily / weekly / monthly), the run lock and the node_exporter metrics.
 
 A backup set is a directory <backup_dir>/<backup_id>/ holding dumps, their manifests, a
 config snapshot and SET.json. SET.json is written last: a directory without it is an
-incomplete set (a run that died) and is never offered for restore.
+incomplete set (a run that died) and is never offered for restore. This file is the one
+definition of SET.json: ``build_set`` makes it from the dumps' manifests, ``write_set``
+writes it, ``read_set`` reads and checks it (listing, restore, the S3 copy).
 """
 
 from __future__ import annotations
@@ -14,9 +17,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ansible.module_utils.ops_errors import OpsError
+from ansible.module_utils.fileops import ensure_directory, write_bytes_atomic, write_json_atomic
+from ansible.module_utils.ops_errors import FileOpsError, OpsError
+from ansible.module_utils.pg_artifacts import check_name
 
 SET_FILE = "SET.json"
+SET_MODE = 0o600
+# The keys of SET.json, and those of each dump's manifest it carries in "dumps".
+SET_KEYS = ("backup_id", "created", "host", "project", "databases", "verified", "dumps", "config")
+DUMP_KEYS = (
+    "label", "file", "mode", "format", "compression", "size", "sha256", "duration_seconds",
+    "encryption",
+)  # fmt: skip
 
 
 class BackupSetError(OpsError):
@@ -53,6 +65,98 @@ def parse_time(value: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def set_path(backup_dir: str, backup_id: str) -> str:
+    """The directory of the set ``backup_id`` (checked as a file name): the one place that
+    joins the two."""
+    return os.path.join(backup_dir, check_name(backup_id, "backup_id"))
+
+
+def build_set(
+    backup_id: str,
+    host: str,
+    project: str,
+    databases: list[str],
+    manifests: list[dict],
+    config_checksums: dict | None = None,
+) -> dict:
+    """SET.json's content from the dumps' manifests and the config snapshot's checksums.
+
+    ``created`` is the earliest dump's; ``dumps`` keeps DUMP_KEYS of each manifest, in the
+    order given; ``config`` maps ``config/<name>`` to the sha256 of each stored file.
+    """
+    created = sorted(m["created"] for m in manifests)
+    return {
+        "backup_id": backup_id,
+        "created": created[0] if created else "",
+        "host": host,
+        "project": project,
+        "databases": list(databases),
+        "verified": all(m.get("verified") is True for m in manifests),
+        "dumps": [{key: m[key] for key in DUMP_KEYS if key in m} for m in manifests],
+        "config": {f"config/{name}": digest for name, digest in (config_checksums or {}).items()},
+    }
+
+
+def check_set(meta, where: str) -> dict:
+    """``meta`` if it is a set description; BackupSetError naming ``where`` otherwise.
+
+    Required: backup_id (str) and verified (bool); when present, created is a UTC time,
+    databases a list, dumps a list of objects with file and sha256, config an object.
+    """
+    problem = None
+    if not isinstance(meta, dict):
+        problem = "it is not a JSON object"
+    elif not isinstance(meta.get("backup_id"), str) or not isinstance(meta.get("verified"), bool):
+        problem = "backup_id (text) or verified (true/false) is missing"
+    elif not isinstance(meta.get("databases", []), list) or not isinstance(
+        meta.get("config", {}), dict
+    ):
+        problem = "databases is not a list or config is not an object"
+    elif not isinstance(meta.get("dumps", []), list) or not all(
+        isinstance(d, dict) and isinstance(d.get("file"), str) and isinstance(d.get("sha256"), str)
+        for d in meta.get("dumps", [])
+    ):
+        problem = "dumps is not a list of objects with file and sha256"
+    elif meta.get("created"):
+        try:
+            parse_time(meta["created"])
+        except (TypeError, ValueError, AttributeError):
+            problem = f"created {meta['created']!r} is not a UTC ISO 8601 time"
+    if problem:
+        raise BackupSetError(
+            f"{where} is not a valid backup set description ({problem}). Inspect the set; if it "
+            "is damaged, take a new backup or restore another set."
+        )
+    return meta
+
+
+def read_set(directory: str) -> dict:
+    """The checked content of ``directory``/SET.json (BackupSetError naming the fix)."""
+    marker = os.path.join(directory, SET_FILE)
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise BackupSetError(
+            f"{marker} is unreadable ({exc}). Inspect the set; if it is damaged, move the "
+            f"directory {directory} out of {os.path.dirname(directory)}."
+        ) from None
+    return check_set(meta, marker)
+
+
+def write_set(directory: str, meta: dict, check_mode: bool) -> bool:
+    """Write SET.json (0600, atomically) unless it already says the same; True if written."""
+    check_set(meta, f"the description of {directory}")
+    try:
+        if read_set(directory) == meta:
+            return False
+    except BackupSetError:
+        pass  # absent or damaged: write it
+    if not check_mode:
+        write_json_atomic(os.path.join(directory, SET_FILE), meta, SET_MODE)
+    return True
+
+
 def list_sets(backup_dir: str) -> list[BackupSet]:
     """Every set under backup_dir, newest first. Complete sets sort by SET.json's created."""
     if not os.path.isdir(backup_dir):
@@ -62,20 +166,12 @@ def list_sets(backup_dir: str) -> list[BackupSet]:
         path = os.path.join(backup_dir, name)
         if name.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
             continue
-        marker = os.path.join(path, SET_FILE)
         mtime = datetime.fromtimestamp(os.stat(path).st_mtime, tz=timezone.utc)
-        if not os.path.isfile(marker):
+        if not os.path.isfile(os.path.join(path, SET_FILE)):
             sets.append(BackupSet(name, path, mtime, complete=False))
             continue
-        try:
-            with open(marker, encoding="utf-8") as handle:
-                meta = json.load(handle)
-            created = parse_time(meta["created"]) if meta.get("created") else mtime
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BackupSetError(
-                f"{marker} is unreadable ({exc}). Inspect the set; if it is damaged, move the "
-                f"directory {path} out of {backup_dir}."
-            ) from None
+        meta = read_set(path)
+        created = parse_time(meta["created"]) if meta.get("created") else mtime
         sets.append(BackupSet(name, path, created, True, bool(meta.get("verified")), meta=meta))
     sets.sort(key=lambda s: (s.created, s.backup_id), reverse=True)
     return sets
@@ -156,14 +252,23 @@ def open_run(
     check_mode: bool,
     now: float | None = None,
 ) -> dict:
-    """Start a backup run: the backup directory (0700), the run lock, whether the set exists.
+    """Start a backup run: the backup directory (0700), the run lock, the set's directory
+    (``set_dir``) and whether it exists already.
 
     The lock is a directory created with mkdir, which is atomic: of two runs at once exactly
     one gets it. It is not taken in check mode. Returns changed (the backup directory was
     created or fixed, or would be), set_exists, locked and lock (its path).
     """
     lock = os.path.join(backup_dir, LOCK_NAME)
-    result = {"changed": False, "set_exists": False, "locked": False, "lock": lock}
+    set_dir = set_path(backup_dir, backup_id)
+    result = {
+        "changed": False,
+        "backup_id": backup_id,
+        "set_dir": set_dir,
+        "set_exists": False,
+        "locked": False,
+        "lock": lock,
+    }
     try:
         if not os.path.isdir(backup_dir):
             result["changed"] = True
@@ -178,7 +283,7 @@ def open_run(
                 os.chmod(backup_dir, DIR_MODE)
                 if wrong_owner:
                     os.chown(backup_dir, 0, 0)
-        result["set_exists"] = os.path.isdir(os.path.join(backup_dir, backup_id))
+        result["set_exists"] = os.path.isdir(set_dir)
         if check_mode:
             return result
         os.mkdir(lock, DIR_MODE)
@@ -213,3 +318,124 @@ def _held_message(lock: str, stale_hours: float, now: float | None) -> str:
         f"Another backup is running: {lock} exists since {when} ({age_h:.1f} h ago). Nothing "
         f"was written. Wait for it to finish; {advice}."
     )
+
+
+def new_backup_id(now: float | None = None) -> str:
+    """The id of a set taken now: its UTC time, 20261129T030000Z."""
+    now = time.time() if now is None else now
+    return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def release_run(backup_dir: str) -> bool:
+    """Remove the run lock taken by ``open_run``; True if it was there."""
+    try:
+        os.rmdir(os.path.join(backup_dir, LOCK_NAME))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BackupSetError(
+            f"cannot release the backup lock {os.path.join(backup_dir, LOCK_NAME)}: "
+            f"{exc.strerror or exc}. Remove it with rmdir once no backup runs."
+        ) from None
+    return True
+
+
+# --------------------------------------------------------------------------- metrics
+
+METRICS_FILE = "opsauto_backup.prom"
+FAILURE_FILE = "opsauto_backup_failure.prom"
+OFFSITE_FILE = "opsauto_backup_offsite.prom"
+METRICS_DIR_MODE = 0o755
+METRICS_MODE = 0o644
+
+
+def _gauge(name: str, help_text: str, project: str, value) -> str:
+    return (
+        f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
+        f'{name}{{project="{_label_value(project)}"}} {value}\n'
+    )
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(project: str, latest: dict | None, set_count: int, offsite=None) -> str:
+    """node_exporter textfile metrics of the newest complete set (``latest``, as listed).
+
+    ``offsite`` None leaves out the off-site gauge (no off-site copy configured).
+    """
+    dumps = latest["dumps"] if latest else []
+    created = int(parse_time(latest["created"]).timestamp()) if latest else 0
+    text = _gauge(
+        "opsauto_backup_last_success_timestamp_seconds",
+        "Creation time of the newest verified backup set.", project, created,
+    )  # fmt: skip
+    text += _gauge(
+        "opsauto_backup_size_bytes", "Size of the dumps in the newest backup set.", project,
+        sum(int(d.get("size") or 0) for d in dumps),
+    )  # fmt: skip
+    text += _gauge(
+        "opsauto_backup_duration_seconds", "Time the dumps of the newest backup set took.",
+        project, round(sum(float(d.get("duration_seconds") or 0) for d in dumps), 3),
+    )  # fmt: skip
+    text += _gauge(
+        "opsauto_backup_verified", "1 when the newest backup set was verified after dumping.",
+        project, 1 if latest and latest["verified"] else 0,
+    )  # fmt: skip
+    text += _gauge(
+        "opsauto_backup_sets", "Number of complete backup sets kept on the host.", project,
+        set_count,
+    )  # fmt: skip
+    if offsite is not None:
+        text += offsite_text(project, offsite)
+    return text
+
+
+def offsite_text(project: str, success: bool) -> str:
+    return _gauge(
+        "opsauto_backup_offsite_success",
+        "1 when the newest set was copied off-site and verified.", project, 1 if success else 0,
+    )  # fmt: skip
+
+
+def failure_text(project: str, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return _gauge(
+        "opsauto_backup_last_failure_timestamp_seconds", "Time of the last failed backup run.",
+        project, int(now),
+    )  # fmt: skip
+
+
+def write_metric_file(metrics_dir: str, name: str, text: str | None, check_mode: bool) -> bool:
+    """Make ``metrics_dir``/``name`` hold ``text`` (0644; None: no file); True if changed.
+
+    The directory is created 0755 when missing (node_exporter reads it as another user).
+    """
+    path = os.path.join(metrics_dir, name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        current = None
+    except OSError as exc:
+        raise BackupSetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if current == text:
+        return False
+    if check_mode:
+        return True
+    try:
+        if text is None:
+            os.unlink(path)
+            return True
+        if ensure_directory(metrics_dir):
+            os.chmod(metrics_dir, METRICS_DIR_MODE)
+        write_bytes_atomic(path, text.encode("utf-8"), METRICS_MODE)
+    except (OSError, FileOpsError) as exc:
+        raise BackupSetError(
+            f"cannot write the metrics file {path}: {getattr(exc, 'strerror', None) or exc}. Check "
+            "the directory "
+            "(backup_metrics_dir) and its permissions, or set backup_metrics_dir to '' to write "
+            "no metrics."
+        ) from None
+    return True

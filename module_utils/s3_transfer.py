@@ -20,6 +20,7 @@ import base64
 import hashlib
 import os
 
+from ansible.module_utils.backup_sets import SET_FILE, read_set
 from ansible.module_utils.fileops import (
     CHUNK_SIZE,
     discard,
@@ -30,7 +31,6 @@ from ansible.module_utils.fileops import (
 )
 from ansible.module_utils.ops_errors import OpsError
 
-SET_FILE = "SET.json"
 META_SHA256 = "sha256"
 
 
@@ -152,6 +152,7 @@ def upload_set(client, set_dir, bucket, prefix, part_size, sse, dry_run=False) -
 
     result = {"uploaded": [], "skipped": [], "bytes": 0}
     extra = {"ServerSideEncryption": sse} if sse else {}
+    read_set(set_dir)  # only a sealed set, with a valid SET.json, goes off-site
     for name in set_files(set_dir):
         path = os.path.join(set_dir, name)
         key = f"{prefix}/{name}" if prefix else name
@@ -240,4 +241,6 @@ def download_set(client, bucket, prefix, dest_dir, dry_run=False) -> dict:
             raise _client_error(exc, f"download of s3://{bucket}/{key}", bucket) from None
         result["downloaded"].append(key)
         result["bytes"] += size
+    if not dry_run:
+        read_set(dest_dir)  # the downloaded SET.json describes a set (raises otherwise)
     return result

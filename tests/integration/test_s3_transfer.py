@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from ansible.module_utils.backup_sets import BackupSetError
 from ansible.module_utils.s3_transfer import (
     TransferError,
     download_set,
@@ -134,3 +135,11 @@ def test_module_check_mode_uploads_nothing(s3, backup_set, moto_endpoint):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert "CHANGED" in done.stdout, done.stdout + done.stderr
     assert client.list_objects_v2(Bucket=bucket)["KeyCount"] == 4
+
+
+def test_a_set_whose_set_json_is_not_a_set_description_is_not_uploaded(s3, backup_set):
+    client, bucket = s3
+    (backup_set / "SET.json").write_text(json.dumps({"backup_id": "set-1"}))  # no verified
+    with pytest.raises(BackupSetError, match="not a valid backup set description"):
+        upload_set(client, str(backup_set), bucket, "proj/set-1", 5 * MIB, "AES256")
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -1,4 +1,5 @@
-"""Retention and listing of backup sets (module_utils/backup_sets.py, library/backup_sets.py)."""
+"""Backup sets (module_utils/backup_sets.py, backup_run.py, library/backup_sets.py): SET.json,
+listing, retention, the run lock, metrics, and one run from the lock to the seal."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import backup_run
 from ansible.module_utils.backup_sets import (
+    DUMP_KEYS,
+    SET_FILE,
+    SET_KEYS,
     BackupSetError,
+    build_set,
     list_sets,
+    metrics_text,
     open_run,
     prune,
+    read_set,
     select_keep,
+    set_path,
+    write_metric_file,
+    write_set,
 )
+from ansible.module_utils.ops_errors import OpsError, PgError
 
 from tests.ansible_cli import run_module
 
@@ -140,6 +152,8 @@ def test_open_run_makes_the_directory_and_takes_the_lock(tmp_path):
     run = open_run(str(backup_dir), "s1", 6, check_mode=False)
     assert run == {
         "changed": True,
+        "backup_id": "s1",
+        "set_dir": f"{backup_dir}/s1",
         "set_exists": False,
         "locked": True,
         "lock": f"{backup_dir}/.lock",
@@ -170,3 +184,220 @@ def test_open_run_fixes_a_loose_directory_mode(tmp_path):
     run = open_run(str(tmp_path), "s1", 6, check_mode=False)
     assert run["changed"] is True
     assert oct(tmp_path.stat().st_mode & 0o777) == "0o700"
+
+
+# --------------------------------------------------------------------------- SET.json
+
+
+def manifest(label: str, created: str, **extra) -> dict:
+    return {
+        "label": label, "file": f"{label}.dump", "mode": "database", "format": "custom",
+        "compression": "none", "size": 10, "sha256": "ab" * 32, "duration_seconds": 0.5,
+        "encryption": None, "created": created, "verified": True, "row_counts": {"t": 1},
+        "backup_id": "s1", "manifest_format": 1, "database": label, **extra,
+    }  # fmt: skip
+
+
+def test_build_set_keeps_the_dump_keys_and_the_earliest_time():
+    dumps = [manifest("appdb", "2026-11-29T03:00:02Z"), manifest("globals", "2026-11-29T03:00:01Z")]
+    meta = build_set("s1", "app1", "proj", ["appdb"], dumps, {"compose.yaml": "cd" * 32})
+    assert sorted(meta) == sorted(SET_KEYS)
+    assert meta["created"] == "2026-11-29T03:00:01Z"
+    assert meta["verified"] is True
+    assert [d["label"] for d in meta["dumps"]] == ["appdb", "globals"]
+    assert sorted(meta["dumps"][0]) == sorted(DUMP_KEYS)  # no row counts, no created
+    assert meta["config"] == {"config/compose.yaml": "cd" * 32}
+    unverified = build_set("s1", "h", "p", ["appdb"], [manifest("appdb", "x", verified=False)])
+    assert unverified["verified"] is False
+
+
+def test_write_set_is_atomic_private_and_idempotent(tmp_path):
+    meta = build_set("s1", "h", "p", ["appdb"], [manifest("appdb", "2026-11-29T03:00:00Z")])
+    assert write_set(str(tmp_path), meta, check_mode=True) is True
+    assert not (tmp_path / SET_FILE).exists()
+    assert write_set(str(tmp_path), meta, check_mode=False) is True
+    assert oct((tmp_path / SET_FILE).stat().st_mode & 0o777) == "0o600"
+    assert read_set(str(tmp_path)) == meta
+    assert write_set(str(tmp_path), meta, check_mode=False) is False
+    assert [p.name for p in tmp_path.iterdir()] == [SET_FILE]  # no partial file left
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        ([], "not a JSON object"),
+        ({"backup_id": "s1"}, r"verified \(true/false\) is missing"),
+        ({"backup_id": "s1", "verified": True, "dumps": [{"file": "a"}]}, "file and sha256"),
+        ({"backup_id": "s1", "verified": True, "created": "yesterday"}, "not a UTC ISO 8601"),
+    ],
+)
+def test_a_damaged_set_description_is_refused_naming_the_problem(tmp_path, meta, problem):
+    (tmp_path / SET_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BackupSetError, match=problem):
+        read_set(str(tmp_path))
+
+
+def test_set_path_refuses_an_id_that_is_not_a_file_name(tmp_path):
+    assert set_path(str(tmp_path), "s-1.a") == f"{tmp_path}/s-1.a"
+    with pytest.raises(OpsError, match="backup_id '../x' is not allowed"):
+        set_path(str(tmp_path), "../x")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_of_the_newest_set_and_the_offsite_gauge():
+    latest = {
+        "created": "2026-11-29T03:00:00Z", "verified": True,
+        "dumps": [{"size": 100, "duration_seconds": 0.25}, {"size": 20, "duration_seconds": 0.5}],
+    }  # fmt: skip
+    text = metrics_text('my"proj', latest, 3)
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    label = '{project="my\\"proj"}'
+    created = int(datetime(2026, 11, 29, 3, tzinfo=UTC).timestamp())
+    assert values[f"opsauto_backup_last_success_timestamp_seconds{label}"] == str(created)
+    assert values[f"opsauto_backup_size_bytes{label}"] == "120"
+    assert values[f"opsauto_backup_duration_seconds{label}"] == "0.75"
+    assert values[f"opsauto_backup_verified{label}"] == "1"
+    assert values[f"opsauto_backup_sets{label}"] == "3"
+    assert "offsite" not in text
+    assert 'opsauto_backup_offsite_success{project="p"} 1' in metrics_text("p", latest, 1, True)
+    empty = metrics_text("p", None, 0)
+    assert 'opsauto_backup_verified{project="p"} 0' in empty
+
+
+def test_metric_file_written_0644_only_when_it_changes(tmp_path):
+    metrics = tmp_path / "node-exporter"
+    assert write_metric_file(str(metrics), "a.prom", "x 1\n", check_mode=True) is True
+    assert not metrics.exists()
+    assert write_metric_file(str(metrics), "a.prom", "x 1\n", check_mode=False) is True
+    assert oct(metrics.stat().st_mode & 0o777) == "0o755"
+    assert oct((metrics / "a.prom").stat().st_mode & 0o777) == "0o644"
+    assert write_metric_file(str(metrics), "a.prom", "x 1\n", check_mode=False) is False
+    assert write_metric_file(str(metrics), "a.prom", None, check_mode=False) is True
+    assert not (metrics / "a.prom").exists()
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class FakeDumps:
+    """Stands in for pg_dump.run_backup: writes a dump and its manifest, or fails."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.fail_on = fail_on
+        self.requests: list[dict] = []
+
+    def __call__(self, request: dict, check_mode: bool = False) -> dict:
+        self.requests.append(request)
+        label = request["database"] if request["mode"] == "database" else "globals"
+        directory = Path(request["dest_dir"]) / request["backup_id"]
+        path = directory / f"{label}.dump"
+        if label == self.fail_on:
+            raise PgError(f"password authentication failed for {label}")
+        exists = (directory / f"{label}.manifest.json").exists()
+        if check_mode or exists:
+            return {"changed": not exists, "path": str(path), "msg": "checked"}
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PGDMP")
+        data = manifest(label, "2026-11-29T03:00:00Z", mode=request["mode"])
+        (directory / f"{label}.manifest.json").write_text(json.dumps(data))
+        return {"changed": True, "path": str(path), "msg": "dumped"}
+
+
+def run_params(tmp_path: Path, **extra) -> dict:
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "compose.yaml").write_text("services: {}\n")
+    (project / ".env").write_text("DB_PASSWORD=secret\n")
+    return {
+        "path": str(tmp_path / "backups"), "backup_id": "s1", "databases": ["appdb"],
+        "globals": True, "format": "custom", "jobs": 1, "compression": "none",
+        "compress_level": None, "container": "db", "docker_cli": "docker",
+        "login_user": "app", "login_password": "pw", "encrypt_recipients": [],
+        "config_src": str(project), "project": "proj", "host": "app1", "lock_held": True,
+        "metrics_dir": str(tmp_path / "metrics"), "retention": True, "keep_last": 7,
+        "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6, "incomplete_max_age_hours": 24,
+        **extra,
+    }  # fmt: skip
+
+
+def test_a_run_dumps_snapshots_seals_prunes_writes_metrics_and_releases(tmp_path, monkeypatch):
+    fake = FakeDumps()
+    monkeypatch.setattr(backup_run, "run_backup", fake)
+    params = run_params(tmp_path)
+    opened = open_run(params["path"], "s1", 6, check_mode=False)
+    result = backup_run.finish(params, False, backup_run.take_set(params, False))
+    assert [r["mode"] for r in fake.requests] == ["database", "globals"]
+    assert all(r["run_lock_held"] for r in fake.requests)  # the run lock is the only lock
+    meta = json.loads((Path(opened["set_dir"]) / SET_FILE).read_text())
+    assert meta == result["set"]
+    assert [d["file"] for d in meta["dumps"]] == ["appdb.dump", "globals.dump"]
+    assert sorted(meta["config"]) == ["config/compose.yaml", "config/env.masked"]
+    assert (Path(opened["set_dir"]) / "config" / "env.masked").read_text().count("secret") == 0
+    assert result["latest"]["backup_id"] == "s1"
+    assert result["released"] is True
+    assert not Path(opened["lock"]).exists()
+    prom = (tmp_path / "metrics" / "opsauto_backup.prom").read_text()
+    assert 'opsauto_backup_sets{project="proj"} 1' in prom
+    assert "Backup set s1 in" in result["msg"]
+    assert "1 sets kept" in result["msg"]
+
+    open_run(params["path"], "s1", 6, check_mode=False)
+    again = backup_run.finish(params, False, backup_run.take_set(params, False))
+    assert again["changed"] is False
+    assert "complete already" in again["msg"]
+
+
+def test_a_failed_run_removes_its_set_records_the_failure_and_releases(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_run, "run_backup", FakeDumps(fail_on="globals"))
+    params = run_params(tmp_path)
+    open_run(params["path"], "s1", 6, check_mode=False)
+    (Path(params["path"]) / "older").mkdir()
+    with pytest.raises(backup_run.RunFailed) as failed:
+        backup_run.take_set(params, False)
+    message = str(failed.value)
+    assert message.startswith("Backup s1 of proj on app1 failed: password authentication")
+    assert "No incomplete set was left" in message
+    assert failed.value.released is True
+    assert sorted(p.name for p in Path(params["path"]).iterdir()) == ["older"]
+    flag = (tmp_path / "metrics" / "opsauto_backup_failure.prom").read_text()
+    assert 'opsauto_backup_last_failure_timestamp_seconds{project="proj"}' in flag
+
+
+def test_a_failed_rerun_leaves_the_existing_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_run, "run_backup", FakeDumps())
+    params = run_params(tmp_path, lock_held=False, metrics_dir="")
+    backup_run.take_set(params, False)
+    monkeypatch.setattr(backup_run, "run_backup", FakeDumps(fail_on="appdb"))
+    with pytest.raises(backup_run.RunFailed, match="existed before this run and was left") as e:
+        backup_run.take_set(params, False)
+    assert e.value.released is False
+    assert (Path(params["path"]) / "s1" / SET_FILE).exists()
+
+
+def test_check_mode_of_a_new_set_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_run, "run_backup", FakeDumps())
+    params = run_params(tmp_path)
+    result = backup_run.finish(params, True, backup_run.take_set(params, True))
+    assert result["changed"] is True
+    assert result["msg"].startswith("Check mode: would write backup set s1")
+    assert result["released"] is False
+    assert not (tmp_path / "backups").exists()
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_module_locked_chooses_the_id_and_refuses_a_secret_key(tmp_path):
+    args = {"path": str(tmp_path), "state": "locked", "backup_id": ""}
+    done = run_module("backup_sets", args)
+    assert done["locked"] is True
+    assert (tmp_path / ".lock").is_dir()
+    assert datetime.strptime(done["backup_id"], "%Y%m%dT%H%M%SZ")
+    assert done["set_dir"] == f"{tmp_path}/{done['backup_id']}"
+    (tmp_path / ".lock").rmdir()
+    key = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
+    refused = run_module("backup_sets", {**args, "encrypt_recipients": [key]})
+    assert refused["status"].startswith("FAILED")
+    assert "age identity" in refused["msg"]
+    assert key not in refused["msg"]
+    assert not (tmp_path / ".lock").exists()
