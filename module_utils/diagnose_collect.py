@@ -1,0 +1,604 @@
+"""Collection of the facts a diagnosis of the FastAPI stack evaluates (read-only).
+
+Used by library/stack_diagnose.py; module_utils/diagnose_checks.py evaluates the facts.
+Everything is read: the docker CLI (ps, inspect, logs, images, compose config, exec of
+pg_isready / python / curl / nginx -t inside the containers), /proc, os.statvfs, files of
+the project directory and HTTP GETs to the published ports. Nothing is written, started or
+stopped. The runner, the HTTP client, the clock and sleep are injected so the parsing is
+unit-tested without Docker:
+
+    run(argv, timeout) -> (rc, stdout, stderr)
+    http_get(url, timeout) -> {"status": int|None, "body": str, "ms": float, "error": str}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from ansible.module_utils.release_ledger import LedgerError, read_ledger
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+SINCE_RE = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# (check id, pattern): the first pattern that matches a log line counts it.
+LOG_PATTERNS = (
+    ("logs.nginx_upstream", re.compile(
+        r"upstream timed out|no live upstreams|"
+        r"connect\(\) failed \([^)]*\) while connecting to upstream")),
+    ("logs.address_in_use", re.compile(r"address already in use", re.IGNORECASE)),
+    ("logs.tracebacks", re.compile(r"Traceback \(most recent call last\)")),
+    ("logs.database_errors", re.compile(
+        r"OperationalError|authentication failed|too many clients|"
+        r"could not connect to server|database unavailable|Connection refused\s+Is the server")),
+)  # fmt: skip
+ACCESS_RE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>[^ "?]+)[^"]*" (?P<status>\d{3}) .*?(?:rt=(?P<rt>[\d.]+))?\s*$'
+)
+NUMBER_SEGMENT = re.compile(r"/\d+(?=/|$)")
+
+# Runs inside a backend container with the application's own environment: resolve DB_HOST,
+# log in as the application does, read connection counts and slow or blocked queries.
+LOGIN_SCRIPT = r"""
+import json, os, socket, sys, time
+long_s, timeout = int(sys.argv[1]), int(sys.argv[2])
+env = os.environ.get
+out = {"host": env("DB_HOST", "db"), "user": env("DB_USER", "app"),
+       "database": env("DB_NAME", "app")}
+try:
+    out["resolved"] = socket.gethostbyname(out["host"])
+except OSError as exc:
+    out["resolve_error"] = "%s: %s" % (type(exc).__name__, exc)
+try:
+    import psycopg2
+    password = env("DB_PASSWORD", "")
+    if env("DB_PASSWORD_FILE"):
+        with open(env("DB_PASSWORD_FILE")) as fh:
+            password = fh.read().rstrip("\r\n")
+    start = time.monotonic()
+    conn = psycopg2.connect(host=out["host"], port=int(env("DB_PORT") or 5432),
+                            dbname=out["database"], user=out["user"], password=password,
+                            connect_timeout=timeout, application_name="opsauto-diagnose",
+                            options="-c statement_timeout=5000 -c default_transaction_read_only=on")
+    out["login_ms"] = round((time.monotonic() - start) * 1000, 1)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT current_setting('max_connections')::int, count(*),"
+                " pg_database_size(current_database()) FROM pg_stat_activity")
+    out["max_connections"], out["connections"], out["size"] = cur.fetchone()
+    cur.execute("SELECT pid, extract(epoch FROM now() - query_start)::int, state,"
+                " left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 120) FROM pg_stat_activity"
+                " WHERE state <> 'idle' AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+                " AND now() - query_start > make_interval(secs => %s) ORDER BY 2 DESC LIMIT 5",
+                (long_s,))
+    out["long_queries"] = [dict(zip(("pid", "seconds", "state", "query"), r))
+                           for r in cur.fetchall()]
+    cur.execute("SELECT pid, extract(epoch FROM now() - query_start)::int,"
+                " pg_blocking_pids(pid)::text,"
+                " left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 120) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' ORDER BY 2 DESC LIMIT 5")
+    out["lock_waits"] = [dict(zip(("pid", "seconds", "blocked_by", "query"), r))
+                         for r in cur.fetchall()]
+    conn.close()
+except Exception as exc:
+    text = str(exc).strip().splitlines()
+    out["error"] = "%s: %s" % (type(exc).__name__, text[0] if text else "")
+print(json.dumps(out))
+"""
+
+# Runs inside the nginx container: GET /health of each replica, the way nginx reaches it.
+PROBE_SCRIPT = (
+    'for u in "$@"; do '
+    "r=$(curl -s -o /dev/null -m 3 -w '%{http_code} %{time_total}' \"$u\" 2>/dev/null); "
+    'e=""; case "$r" in 000*|"") e=$(curl -sS -o /dev/null -m 3 "$u" 2>&1 | head -n 1);; esac; '
+    'echo "$u|$r|$e"; done'
+)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_time(stamp):
+    """Epoch seconds of Docker's RFC 3339 time (nanoseconds, Z or offset); None if unset."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", stamp)
+    if not match:
+        return None
+    head, frac, zone = match.groups()
+    text = (
+        head + "." + (frac or "0")[:6].ljust(6, "0") + ("+00:00" if zone in (None, "Z") else zone)
+    )
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def window_start(since, now):
+    """Epoch seconds where the log window starts: since is 15m/2h/1d/90s or an RFC 3339 time."""
+    match = SINCE_RE.match(since or "")
+    if match:
+        return now - int(match.group(1)) * UNITS[match.group(2)]
+    start = parse_time(since)
+    if start is None:
+        raise ValueError(
+            f"diagnose_since={since!r} is neither a duration (15m, 2h, 1d) nor an RFC 3339 "
+            "time (2026-01-31T09:00:00Z)"
+        )
+    return start
+
+
+def container_facts(inspected, window_from):
+    """The fields the checks read, from one `docker inspect` object."""
+    state = inspected.get("State") or {}
+    health = state.get("Health") or {}
+    log = health.get("Log") or []
+    last = (log[-1].get("Output") or "").strip().splitlines() if log else []
+    started = parse_time(state.get("StartedAt"))
+    labels = (inspected.get("Config") or {}).get("Labels") or {}
+    return {
+        "id": inspected.get("Id", "")[:12],
+        "name": inspected.get("Name", "").lstrip("/"),
+        "service": labels.get(SERVICE_LABEL, ""),
+        "state": state.get("Status", "unknown"),
+        "health": health.get("Status") or "none",
+        "health_log": (last[-1] if last else "")[:160],
+        "restart_count": int(inspected.get("RestartCount") or 0),
+        "exit_code": state.get("ExitCode"),
+        "oom_killed": bool(state.get("OOMKilled")),
+        "started_at": state.get("StartedAt", ""),
+        "finished_at": state.get("FinishedAt", ""),
+        "recent_start": started is not None and started >= window_from,
+        "image": (inspected.get("Config") or {}).get("Image", ""),
+        "memory_limit": (inspected.get("HostConfig") or {}).get("Memory") or 0,
+        "cmd": (inspected.get("Config") or {}).get("Cmd") or [],
+    }
+
+
+def scan_logs(name, text, matches):
+    """Count each log pattern's lines in one container's log; keep the first occurrence."""
+    for line in text.splitlines():
+        for cid, pattern in LOG_PATTERNS:
+            if pattern.search(line):
+                hits = matches.setdefault(cid, {})
+                hit = hits.setdefault(name, {"container": name, "count": 0, "first": line[:240]})
+                hit["count"] += 1
+                break
+
+
+def scan_access_log(text, access):
+    """5xx count, first 5xx line and per-endpoint request times from nginx's access log."""
+    endpoints = access.setdefault("_endpoints", {})
+    for line in text.splitlines():
+        match = ACCESS_RE.search(line)
+        if not match:
+            continue
+        access["requests"] = access.get("requests", 0) + 1
+        if match.group("status").startswith("5"):
+            access["errors"] = access.get("errors", 0) + 1
+            access.setdefault("first_error", line[:240])
+        if match.group("rt"):
+            key = f"{match.group('method')} {NUMBER_SEGMENT.sub('/{id}', match.group('path'))}"
+            ms = round(float(match.group("rt")) * 1000)
+            entry = endpoints.setdefault(key, {"endpoint": key, "count": 0, "max_ms": 0})
+            entry["count"] += 1
+            entry["max_ms"] = max(entry["max_ms"], ms)
+
+
+def finish_access(access):
+    endpoints = access.pop("_endpoints", {})
+    access["slowest"] = sorted(endpoints.values(), key=lambda e: -e["max_ms"])[:3]
+    return access
+
+
+def parse_meminfo(text):
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[key] = int(fields[0]) * 1024
+    return {
+        "mem_total": values.get("MemTotal", 0),
+        "mem_available": values.get("MemAvailable", values.get("MemFree", 0)),
+        "swap_total": values.get("SwapTotal", 0),
+        "swap_free": values.get("SwapFree", 0),
+    }
+
+
+def parse_env_keys(text):
+    """{KEY: value is non-empty} of a .env file; the values themselves are not kept."""
+    keys = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        keys[key] = value.strip().strip("'\"") != ""
+    return keys
+
+
+def parse_upstream(text, service, port):
+    """Servers named in the nginx upstream file other than the service itself (rollout open)."""
+    servers = []
+    for line in text.splitlines():
+        fields = line.strip().rstrip(";").split()
+        if len(fields) >= 2 and fields[0] == "server":
+            servers.append(fields[1])
+    return [s for s in servers if s != f"{service}:{port}"]
+
+
+def parse_probes(text):
+    probes = []
+    for line in text.splitlines():
+        url, _, rest = line.partition("|")
+        result, _, error = rest.partition("|")
+        fields = result.split()
+        code = fields[0] if fields else "000"
+        seconds = fields[1] if len(fields) > 1 else ""
+        detail = error.strip() or (f"{round(float(seconds) * 1000)} ms" if seconds else "")
+        probes.append({"url": url, "status": code, "detail": detail})
+    return probes
+
+
+def parse_targets(body):
+    data = json.loads(body)
+    return [
+        {
+            "job": (t.get("labels") or {}).get("job", ""),
+            "instance": (t.get("labels") or {}).get("instance", ""),
+            "health": t.get("health", "unknown"),
+            "error": t.get("lastError", ""),
+        }
+        for t in (data.get("data") or {}).get("activeTargets", [])
+    ]
+
+
+# --------------------------------------------------------------------------- real I/O
+
+
+def subprocess_run(argv, timeout):
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"timed out after {timeout} s: {' '.join(argv[:4])}"
+    except OSError as exc:
+        return 127, "", f"{argv[0]}: {exc.strerror}"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def urllib_get(url, timeout):
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(65536).decode("utf-8", "replace")
+            status = resp.status
+        error = ""
+    except urllib.error.HTTPError as exc:
+        status, body, error = exc.code, exc.read(2048).decode("utf-8", "replace"), ""
+    except (OSError, ValueError) as exc:
+        status, body, error = None, "", f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    return {"status": status, "body": body, "ms": round((time.monotonic() - start) * 1000, 1),
+            "error": error}  # fmt: skip
+
+
+def statvfs_disk(label, path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return {"label": label, "path": path, "exists": False}
+    return {
+        "label": label,
+        "path": path,
+        "exists": True,
+        "total": st.f_blocks * st.f_frsize,
+        "free": st.f_bavail * st.f_frsize,
+        "inodes_total": st.f_files,
+        "inodes_free": st.f_favail,
+    }
+
+
+def read_text(path):
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+# --------------------------------------------------------------------------- collector
+
+
+class Collector:
+    """Reads everything once; ``collect()`` returns the facts dict the checks evaluate."""
+
+    def __init__(self, p, run=subprocess_run, http_get=urllib_get, clock=time.time,
+                 sleep=time.sleep, read=read_text, disk=statvfs_disk):  # fmt: skip
+        self.p = p
+        self.run = run
+        self.http_get = http_get
+        self.clock = clock
+        self.sleep = sleep
+        self.read = read
+        self.disk = disk
+        self.docker = p.get("docker_cli") or "docker"
+        self.timeout = p.get("command_timeout", 10)
+        self.services = p["services"]
+
+    def docker_cmd(self, *args, timeout=None):
+        return self.run([self.docker, *args], timeout or self.timeout)
+
+    def compose(self, *args):
+        return self.docker_cmd(
+            "compose", "--project-directory", self.p["project_dir"], "-p", self.p["project_name"],
+            *args,
+        )  # fmt: skip
+
+    # ---------------------------------------------------------------- pieces
+    def containers(self, window_from):
+        rc, out, err = self.docker_cmd(
+            "ps", "-aq", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={self.p['project_name']}"
+        )
+        ids = out.split()
+        if rc != 0 or not ids:
+            return []
+        rc, out, err = self.docker_cmd("inspect", *ids)
+        try:
+            inspected = json.loads(out or "[]")
+        except ValueError:
+            return []
+        facts = [container_facts(c, window_from) for c in inspected]
+        return sorted(facts, key=lambda c: (c["service"], c["name"]))
+
+    def restart_counts(self, containers):
+        if not containers:
+            return {}
+        rc, out, _ = self.docker_cmd(
+            "inspect", "--format", "{{.Name}} {{.RestartCount}}", *(c["name"] for c in containers)
+        )
+        counts = {}
+        for line in out.splitlines():
+            name, _, count = line.strip().lstrip("/").partition(" ")
+            if count.isdigit():
+                counts[name] = int(count)
+        return counts
+
+    def first_running(self, containers, service):
+        return next(
+            (c for c in containers if c["service"] == service and c["state"] == "running"), None
+        )
+
+    def db_ready(self, containers):
+        db = self.first_running(containers, self.services["db"])
+        if db is None:
+            return None
+        rc, out, err = self.docker_cmd(
+            "exec", db["name"], "pg_isready", "-h", "127.0.0.1", "-U", self.p["db_user"],
+            "-d", self.p["db_name"], "-t", "3",
+        )  # fmt: skip
+        return {"container": db["name"], "rc": rc, "output": (out + err).strip()[:240]}
+
+    def db_login(self, containers):
+        backend = self.first_running(containers, self.services["backend"])
+        if backend is None:
+            return None
+        rc, out, err = self.docker_cmd(
+            "exec", backend["name"], "python3", "-c", LOGIN_SCRIPT,
+            str(self.p["thresholds"]["long_query_seconds"]), "3",
+        )  # fmt: skip
+        try:
+            facts = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            last = (err or out).strip().splitlines()
+            facts = {
+                "host": "?",
+                "user": self.p["db_user"],
+                "database": self.p["db_name"],
+                "error": f"docker exec exit {rc}: {last[-1] if last else 'no output'}",
+            }
+        facts["container"] = backend["name"]
+        return facts
+
+    def replica_probes(self, containers):
+        nginx = self.first_running(containers, self.services["nginx"])
+        if nginx is None:
+            return None
+        urls = [
+            f"http://{c['name']}:{self.p['backend_port']}/health"
+            for c in containers
+            if c["service"] == self.services["backend"] and c["state"] == "running"
+        ]
+        if not urls:
+            return []
+        rc, out, err = self.docker_cmd("exec", nginx["name"], "sh", "-c", PROBE_SCRIPT, "sh", *urls)
+        probes = parse_probes(out)
+        if not probes:
+            probes = [{"url": u, "status": "000", "detail": err.strip()[:200]} for u in urls]
+        return probes
+
+    def nginx_test(self, containers):
+        nginx = self.first_running(containers, self.services["nginx"])
+        if nginx is None:
+            return None
+        argv = ["exec", nginx["name"], "nginx", "-t"]
+        cmd = nginx["cmd"]
+        if "-c" in cmd and cmd.index("-c") + 1 < len(cmd):
+            argv += ["-c", cmd[cmd.index("-c") + 1]]
+        rc, out, err = self.docker_cmd(*argv)
+        return {"rc": rc, "output": (out + err).strip()[-600:]}
+
+    def logs(self, containers, since):
+        matches, access = {}, {}
+        for c in containers:
+            rc, out, err = self.docker_cmd(
+                "logs", "--since", since, "--timestamps", "--tail", str(self.p["log_max_lines"]),
+                c["name"],
+            )  # fmt: skip
+            text = out + "\n" + err
+            scan_logs(c["name"], text, matches)
+            if c["service"] == self.services["nginx"]:
+                scan_access_log(out, access)
+        return {
+            "since": since,
+            "matches": {cid: list(hits.values()) for cid, hits in matches.items()},
+            "access": finish_access(access),
+        }
+
+    def compose_config(self):
+        rc, out, err = self.compose("config", "-q")
+        checked = {"rc": rc, "output": (err or out).strip()[-400:]}
+        rc, out, _ = self.compose("config", "--no-interpolate", "--format", "json")
+        wanted = None
+        if rc == 0:
+            try:
+                services = json.loads(out).get("services") or {}
+                wanted = {
+                    name: int(((spec.get("deploy") or {}).get("replicas")) or 1)
+                    for name, spec in services.items()
+                }
+            except (ValueError, TypeError, AttributeError):
+                wanted = None
+        return checked, wanted
+
+    def env(self):
+        try:
+            return parse_env_keys(self.read(os.path.join(self.p["project_dir"], ".env"))), ""
+        except OSError as exc:
+            return None, f"{exc.strerror or exc}"
+
+    def prometheus(self):
+        base = f"http://{self.p['prometheus_bind']}:{self.p['prometheus_port']}"
+        answer = self.http_get(base + "/api/v1/targets?state=active", 5)
+        facts = {"url": base}
+        if answer["status"] != 200:
+            facts["error"] = answer["error"] or f"HTTP {answer['status']}"
+            return facts
+        try:
+            facts["targets"] = parse_targets(answer["body"])
+        except ValueError as exc:
+            facts["error"] = f"targets API returned no JSON: {exc}"
+        return facts
+
+    def ledger(self):
+        path = self.p["ledger_path"]
+        try:
+            return {"path": path, "entries": read_ledger(path)}
+        except LedgerError as exc:
+            return {"path": path, "entries": [], "error": str(exc)}
+
+    def images(self):
+        rc, out, _ = self.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}")
+        return {line.strip(): True for line in out.splitlines() if line.strip()}
+
+    def upstream(self):
+        path = self.p["upstream_path"]
+        try:
+            text = self.read(path)
+        except OSError:
+            return None
+        explicit = parse_upstream(text, self.services["backend"], self.p["backend_port"])
+        return {"path": path, "explicit": explicit}
+
+    def host(self, docker_root):
+        try:
+            load = [float(x) for x in self.read("/proc/loadavg").split()[:3]]
+        except (OSError, ValueError):
+            load = [0.0, 0.0, 0.0]
+        try:
+            mem = parse_meminfo(self.read("/proc/meminfo"))
+        except OSError:
+            mem = parse_meminfo("")
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        disks = [("docker root", docker_root)] if docker_root else []
+        disks += [("project dir", self.p["project_dir"]), ("backup dir", self.p["backup_dir"])]
+        return {"load": load, "cpus": cpus, **mem,
+                "disks": [self.disk(label, path) for label, path in disks]}  # fmt: skip
+
+    def http(self):
+        url = f"http://{self.p['http_bind']}:{self.p['http_port']}/health"
+        answer = self.http_get(url, 5)
+        facts = {"url": url, "status": answer["status"], "ms": answer["ms"],
+                 "error": answer["error"], "body": answer["body"][:200]}  # fmt: skip
+        try:
+            facts["database"] = json.loads(answer["body"]).get("database", "?")
+        except (ValueError, AttributeError):
+            facts["database"] = "?"
+        return facts
+
+    def latency(self):
+        url = f"http://{self.p['http_bind']}:{self.p['http_port']}/health"
+        ms, errors = [], 0
+        for _ in range(self.p["latency_probes"]):
+            answer = self.http_get(url, 5)
+            if answer["status"] == 200:
+                ms.append(round(answer["ms"]))
+            else:
+                errors += 1
+        return {"ms": ms, "errors": errors}
+
+    # ---------------------------------------------------------------- all
+    def collect(self):
+        started = self.clock()
+        since = self.p["since"]
+        window_from = window_start(since, started)
+        facts = {
+            "project": self.p["project_name"],
+            "project_dir": self.p["project_dir"],
+            "services": self.services,
+            "env_required": self.p["env_required"],
+            "since": since,
+            "restart_sample_seconds": self.p["restart_sample_seconds"],
+        }
+        rc, out, err = self.docker_cmd(
+            "info", "--format", "{{.ServerVersion}} {{.DockerRootDir}}", timeout=15
+        )
+        facts["docker_ms"] = round((self.clock() - started) * 1000)
+        version, _, root = out.strip().partition(" ")
+        if rc != 0 or not version:
+            facts["docker_error"] = (err or out).strip()[:300] or f"docker info exit {rc}"
+        facts["docker_version"] = version
+        containers = self.containers(window_from) if "docker_error" not in facts else []
+        facts["containers"] = containers
+        first_read = self.clock()
+        # Probes through nginx first and alone, so the other reads do not slow them down.
+        facts["http"] = self.http()
+        facts["latency"] = self.latency()
+        jobs = {
+            "db_ready": lambda: self.db_ready(containers),
+            "db_login": lambda: self.db_login(containers),
+            "replica_probes": lambda: self.replica_probes(containers),
+            "nginx_test": lambda: self.nginx_test(containers),
+            "logs": lambda: self.logs(containers, since),
+            "compose": self.compose_config,
+            "prometheus": self.prometheus,
+            "images_present": self.images,
+        }
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {key: pool.submit(job) for key, job in jobs.items()}
+            # Plain file and /proc reads meanwhile.
+            facts["env_keys"], facts["env_error"] = self.env()
+            facts["ledger"] = self.ledger()
+            facts["upstream"] = self.upstream()
+            facts["host"] = self.host(root)
+            for key, future in futures.items():
+                facts[key] = future.result()
+        facts["compose_config"], facts["wanted_replicas"] = facts.pop("compose")
+        # Restart loops: read the restart counts again after the sample interval.
+        remaining = self.p["restart_sample_seconds"] - (self.clock() - first_read)
+        if containers and remaining > 0:
+            self.sleep(remaining)
+        later = self.restart_counts(containers)
+        for c in containers:
+            c["restart_count_later"] = later.get(c["name"], c["restart_count"])
+            c.pop("cmd", None)
+        facts["collect_seconds"] = round(self.clock() - started, 2)
+        return facts
