@@ -73,6 +73,9 @@ options:
     description:
       - The set this run writes. Required with O(state=sealed).
       - With O(state=locked), empty chooses the current UTC time (C(20261129T030000Z)).
+      - With O(state=query), the set to restore (RV(selected)); V(latest) is the newest set
+        that is not a safety set (C(pre-restore-*)). The module fails, listing the sets,
+        when it is not complete and verified.
     type: str
   lock_stale_hours:
     description: With O(state=locked), a held lock older than this is reported as probably stale.
@@ -276,6 +279,10 @@ set:
     dumps: [{label: appdb, file: appdb.dump, mode: database, format: custom, size: 48213,
              sha256: 9b1d3f5a..., duration_seconds: 0.8, compression: none, encryption: null}]
     config: {config/compose.yaml: 3f2a...}
+selected:
+  description: The set O(backup_id) (as in RV(sets), with its C(path) and C(dumps)).
+  returned: when O(state=query) with O(backup_id)
+  type: dict
 dumps:
   description: Per dump, its path, whether it was written (changed) and what was done.
   returned: when O(state=sealed)
@@ -299,7 +306,13 @@ msg:
 import platform
 
 from ansible.module_utils.backup_run import RunFailed, finish, take_set
-from ansible.module_utils.backup_sets import BackupSetError, new_backup_id, open_run
+from ansible.module_utils.backup_sets import (
+    BackupSetError,
+    list_sets,
+    new_backup_id,
+    open_run,
+    select_set,
+)
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
 
@@ -333,7 +346,13 @@ def run(module: AnsibleModule) -> dict:
         if params["offsite_pending"]:
             return result
         return finish(dict(params, retention=params["prune"]), module.check_mode, result)
-    return finish(dict(params, retention=state == "pruned"), module.check_mode, {"changed": False})
+    result = finish(
+        dict(params, retention=state == "pruned"), module.check_mode, {"changed": False}
+    )
+    if state == "query" and params["backup_id"]:
+        where = f"{params['path']} on {params['host']}"
+        result["selected"] = select_set(list_sets(params["path"]), params["backup_id"], where)
+    return result
 
 
 def main() -> None:

@@ -177,6 +177,32 @@ def list_sets(backup_dir: str) -> list[BackupSet]:
     return sets
 
 
+LATEST = "latest"
+SAFETY_PREFIX = "pre-restore-"
+
+
+def select_set(sets: list[BackupSet], backup_id: str, where: str) -> dict:
+    """The complete, verified set ``backup_id`` (as listed), for a restore.
+
+    ``latest`` is the newest one that is not a safety set taken before a replace restore
+    (``pre-restore-*``). Otherwise a BackupSetError lists what exists.
+    """
+    complete = [s for s in sets if s.complete]
+    if backup_id == LATEST:
+        found = [s for s in complete if not s.backup_id.startswith(SAFETY_PREFIX)][:1]
+    else:
+        found = [s for s in complete if s.backup_id == backup_id]
+    if found and found[0].verified:
+        return found[0].as_dict()
+    incomplete = [s.backup_id for s in sets if not s.complete]
+    raise BackupSetError(
+        f"No complete, verified backup set '{backup_id}' in {where}. Nothing was changed. "
+        f"Sets available (newest first): {', '.join(s.backup_id for s in complete) or 'none'}"
+        + (f"; incomplete (not restorable): {', '.join(incomplete)}" if incomplete else "")
+        + ". Take one with playbooks/backup.yml or pass -e restore_backup_id=ID."
+    )
+
+
 def select_keep(
     sets: list[BackupSet], keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int
 ) -> dict[str, list[str]]:

@@ -22,6 +22,7 @@ from ansible.module_utils.backup_sets import (
     prune,
     read_set,
     select_keep,
+    select_set,
     set_path,
     write_metric_file,
     write_set,
@@ -401,3 +402,20 @@ def test_module_locked_chooses_the_id_and_refuses_a_secret_key(tmp_path):
     assert "age identity" in refused["msg"]
     assert key not in refused["msg"]
     assert not (tmp_path / ".lock").exists()
+
+
+def test_select_set_latest_skips_safety_sets_and_lists_what_exists(tmp_path):
+    make_set(tmp_path, "s1", START - timedelta(days=1))
+    make_set(tmp_path, "pre-restore-x", START)
+    make_set(tmp_path, "unverified", START - timedelta(days=2), verified=False)
+    make_set(tmp_path, "crashed", START, sealed=False)
+    sets = list_sets(str(tmp_path))
+    assert select_set(sets, "latest", "here")["backup_id"] == "s1"
+    assert select_set(sets, "pre-restore-x", "here")["path"] == f"{tmp_path}/pre-restore-x"
+    for wanted in ("nope", "unverified", "crashed"):
+        with pytest.raises(BackupSetError) as refused:
+            select_set(sets, wanted, "here")
+        message = str(refused.value)
+        assert message.startswith(f"No complete, verified backup set '{wanted}' in here.")
+        assert "(newest first): pre-restore-x, s1, unverified" in message
+        assert "incomplete (not restorable): crashed." in message
