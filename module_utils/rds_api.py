@@ -60,8 +60,12 @@ class WaitTimeout(RdsError):
         self.last = last
 
 
-def make_client(boto3, params, region, service="rds"):
-    """A boto3 client of ``service`` in ``region`` from the module's connection options."""
+def make_client(boto3, params, region, service="rds", attempts=5):
+    """A boto3 client of ``service`` in ``region`` from the module's connection options.
+
+    ``attempts``: tries per call (botocore's standard retry mode); 1 for a read whose
+    failure is only a warning.
+    """
     from botocore.config import Config
 
     session_args = {}
@@ -82,7 +86,7 @@ def make_client(boto3, params, region, service="rds"):
     client_args = {
         "region_name": region,
         # botocore's standard retry mode retries throttling and 5xx answers with backoff.
-        "config": Config(retries={"mode": "standard", "max_attempts": 5}),
+        "config": Config(retries={"mode": "standard", "max_attempts": attempts}),
     }
     if params.get("endpoint_url"):
         client_args["endpoint_url"] = params["endpoint_url"]
