@@ -14,7 +14,7 @@ in alternating order:
 Backup sets and metrics go to a temporary directory (never the stack's backup directory);
 it is removed at the end. Prints a Markdown table on stdout, progress on stderr.
 
-Usage: .venv/bin/python scripts/bench_playbook.py [--repeat 5]
+Usage: .venv/bin/python scripts/bench_playbook.py [--repeat 5] [--profile]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def timed(argv: list[str], stdout=None) -> float:
+def timed(argv: list[str], stdout=None, keep: dict | None = None) -> float:
+    """Wall time of argv; with ``keep``, its stdout is stored in keep["stdout"]."""
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     started = time.monotonic()
     proc = subprocess.run(
@@ -46,6 +47,8 @@ def timed(argv: list[str], stdout=None) -> float:
         check=False, timeout=900,
     )  # fmt: skip
     elapsed = time.monotonic() - started
+    if keep is not None:
+        keep["stdout"] = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         out = proc.stdout.decode(errors="replace")[-3000:] if stdout is None else ""
         raise SystemExit(f"{' '.join(argv[:3])} failed:\n{out}{proc.stderr.decode()[-2000:]}")
@@ -55,6 +58,11 @@ def timed(argv: list[str], stdout=None) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=5, help="rounds (median reported)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print profile_tasks' per-task times of the last whole-playbook run",
+    )
     args = parser.parse_args()
     state = subprocess.run(
         ["docker", "inspect", "-f", "{{.State.Running}}", DB_CONTAINER],
@@ -74,6 +82,7 @@ def main() -> int:
     dump_only = ["-e", "backup_config=false", "-e", "backup_retention=false",
                  "-e", "backup_globals=false"]  # fmt: skip
     times: dict[str, list[float]] = {"db": [], "all": [], "playbook": [], "dump_only": []}
+    last_playbook: dict[str, str] = {}
 
     def plain(key: str, argv: list[str], n: int) -> None:
         with (work / f"{key}-{n}").open("wb") as handle:
@@ -83,7 +92,7 @@ def main() -> int:
         "db": lambda n: plain("db", plain_db, n),
         "all": lambda n: plain("all", plain_all, n),
         "playbook": lambda n: times["playbook"].append(
-            timed([*playbook, "-e", f"backup_id=full-{n}"])
+            timed([*playbook, "-e", f"backup_id=full-{n}"], keep=last_playbook)
         ),
         "dump_only": lambda n: times["dump_only"].append(
             timed([*playbook, *dump_only, "-e", f"backup_id=dump-{n}"])
@@ -115,7 +124,19 @@ def main() -> int:
     print("| --- | ---: | --- |")
     for name, seconds, note in rows:
         print(f"| {name} | {seconds} | {note} |")
+    if args.profile:
+        print()
+        print("Per-task times of the last whole-playbook run (profile_tasks):")
+        print()
+        print(profile_lines(last_playbook.get("stdout", "")))
     return 0
+
+
+def profile_lines(output: str) -> str:
+    """profile_tasks' summary (the lines after the last PLAY RECAP that end in seconds)."""
+    recap = output.rsplit("PLAY RECAP", 1)[-1]
+    lines = [line.rstrip() for line in recap.splitlines() if line.rstrip().endswith("s")]
+    return "\n".join(line for line in lines if " -" in line)
 
 
 if __name__ == "__main__":
