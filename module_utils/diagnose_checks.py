@@ -175,7 +175,7 @@ def check_running(facts, t):
         + ", ".join(c["name"] for c in down),
         evidence,
         _restart_remedy(services) + " (restarts exited and unhealthy containers; then rerun "
-        "diagnose; if it exits again read `docker logs NAME`)",
+        "diagnose; if it exits again read its log: docker logs NAME)",
     )
 
 
@@ -847,6 +847,9 @@ def check_endpoints(facts, t):
 
 CHECKS = (
     check_docker,
+    check_load,
+    check_memory,
+    check_disks,
     check_present,
     check_running,
     check_healthy,
@@ -860,9 +863,6 @@ CHECKS = (
     check_http,
     check_replicas_via_nginx,
     check_db_dns,
-    check_load,
-    check_memory,
-    check_disks,
     check_log_patterns,
     check_5xx,
     check_compose,
