@@ -152,7 +152,8 @@ def upload_set(client, set_dir, bucket, prefix, part_size, sse, dry_run=False) -
 
     result = {"uploaded": [], "skipped": [], "bytes": 0}
     extra = {"ServerSideEncryption": sse} if sse else {}
-    read_set(set_dir)  # only a sealed set, with a valid SET.json, goes off-site
+    if not dry_run or os.path.isdir(set_dir):  # check mode of a backup not yet taken
+        read_set(set_dir)  # only a sealed set, with a valid SET.json, goes off-site
     for name in set_files(set_dir):
         path = os.path.join(set_dir, name)
         key = f"{prefix}/{name}" if prefix else name
