@@ -72,7 +72,8 @@ try:
     out["login_ms"] = round((time.monotonic() - start) * 1000, 1)
     conn.autocommit = True
     cur = conn.cursor()
-    cur.execute("SELECT current_setting('max_connections')::int, count(*),"
+    cur.execute("SELECT current_setting('max_connections')::int,"
+                " count(*) FILTER (WHERE backend_type = 'client backend'),"
                 " pg_database_size(current_database()) FROM pg_stat_activity")
     out["max_connections"], out["connections"], out["size"] = cur.fetchone()
     cur.execute("SELECT pid, extract(epoch FROM now() - query_start)::int, state,"
@@ -268,7 +269,14 @@ def parse_targets(body):
 
 def subprocess_run(argv, timeout):
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return 124, "", f"timed out after {timeout} s: {' '.join(argv[:4])}"
     except OSError as exc:

@@ -296,3 +296,8 @@ def test_unparsable_login_output_becomes_a_login_error():
     assert facts["db_login"]["error"] == (
         "docker exec exit 126: OCI runtime exec failed: python3 not found"
     )
+
+
+def test_the_scripts_run_in_the_containers_are_valid():
+    compile(col.LOGIN_SCRIPT, "login", "exec")  # the backend's python3 runs it
+    assert col.PROBE_SCRIPT.startswith('for u in "$@"; do ')
