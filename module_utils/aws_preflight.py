@@ -11,6 +11,8 @@ The clients are passed in (``clients(service, attempts=5)``), so unit tests hand
 
 from __future__ import annotations
 
+import re
+
 from ansible.module_utils.rds_api import DENIED_CODES
 
 try:
@@ -18,6 +20,7 @@ try:
 except ImportError:  # reported by the module through missing_required_lib
     BotoCoreError = ClientError = Exception
 
+TEMPLATE_ID = re.compile(r"^lt-[0-9a-f]{8,17}$")
 NOT_FOUND_CODES = {
     "NotFoundException",
     "DBSubnetGroupNotFoundFault",
@@ -122,7 +125,7 @@ def launch_template(ec2, template, region):
     """(check, data of its default version) of a launch template given by name or id."""
     name = "launch_template"
     fix = f"create the launch template {template} in {region} or give one that exists there"
-    by = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
+    by = "LaunchTemplateId" if TEMPLATE_ID.match(template) else "LaunchTemplateName"
     try:
         versions = ec2.describe_launch_template_versions(
             **{by: template}, Versions=["$Default"]

@@ -1,0 +1,269 @@
+"""The AWS runbooks (rds_restore, dr_failover, server_recovery) against moto's server.
+
+Each playbook runs through ansible-runner, as AWX runs it, on the control node (localhost,
+connection local: every task of these plays is an AWS API call) with fake credentials and
+endpoint_url on 127.0.0.1; the resulting AWS state is read back with boto3. moto answers
+every wait at once and accepts calls real AWS refuses, so what these tests prove is the
+runbooks' order, decisions, records and refusals, not AWS timing (docs/aws.md). There is
+no application in moto's EC2 instances and no SSH to them: the deploy steps stay off
+(dr_failover_deploy, server_recovery_deploy) and the smoke-test target is unset, which the
+runs report as a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import boto3
+import pytest
+
+from tests.conftest import AWS_TEST_CREDENTIALS, run_playbook
+
+SOURCE = "us-east-1"
+DR = "us-west-2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_credentials():
+    """ansible-runner passes the environment on: the modules find these fake keys there."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = AWS_TEST_CREDENTIALS["access_key"]
+    os.environ["AWS_SECRET_ACCESS_KEY"] = AWS_TEST_CREDENTIALS["secret_key"]
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def aws(endpoint, service, region=SOURCE):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
+        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
+    )
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def play(tmp_path, playbook, extravars, name="run"):
+    """Run a playbook; (status, failure messages, debug messages, set_stats data)."""
+    result, failures = run_playbook(tmp_path / name, playbook, extravars, timeout=300)
+    debug = [
+        e["event_data"]["res"].get("msg")
+        for e in result.events
+        if e.get("event") == "runner_on_ok" and "msg" in e["event_data"].get("res", {})
+    ]
+    stats = next(
+        (e["event_data"].get("artifact_data", {}) for e in result.events
+         if e.get("event") == "playbook_on_stats"),
+        {},
+    )  # fmt: skip
+    tasks = {}
+    for e in result.events:
+        if e.get("event") in ("runner_on_ok", "runner_on_skipped", "runner_on_failed"):
+            tasks.setdefault(e["event_data"].get("task"), []).append(e["event"])
+    return result.status, failures, debug, stats, tasks
+
+
+def instance_tags(rds, name):
+    found = rds.describe_db_instances(DBInstanceIdentifier=name)["DBInstances"][0]
+    return {t["Key"]: t["Value"] for t in found.get("TagList", [])}
+
+
+@pytest.fixture
+def world(moto_endpoint):
+    """An encrypted production instance with a snapshot in SOURCE; network, key, launch
+    template and hosted zone in DR."""
+    rds = aws(moto_endpoint, "rds")
+    source_key = aws(moto_endpoint, "kms").create_key()["KeyMetadata"]["Arn"]
+    kms = aws(moto_endpoint, "kms", DR)
+    dr_key = kms.create_key()["KeyMetadata"]["Arn"]
+    alias = "alias/" + unique("dr")
+    kms.create_alias(AliasName=alias, TargetKeyId=dr_key)
+    db = unique("db")
+    rds.create_db_instance(
+        DBInstanceIdentifier=db,
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        AllocatedStorage=20,
+        MasterUsername="app",
+        MasterUserPassword="not-a-secret-1",
+        BackupRetentionPeriod=7,
+        StorageEncrypted=True,
+        KmsKeyId=source_key,
+    )
+    rds.create_db_snapshot(DBInstanceIdentifier=db, DBSnapshotIdentifier=f"{db}-nightly")
+    ec2 = aws(moto_endpoint, "ec2", DR)
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{n}.0/24", AvailabilityZone=f"{DR}{z}")[
+            "Subnet"
+        ]["SubnetId"]
+        for n, z in ((1, "a"), (2, "b"))
+    ]  # fmt: skip
+    sg = ec2.create_security_group(GroupName=unique("sg"), Description="dr", VpcId=vpc)["GroupId"]
+    dr_rds = aws(moto_endpoint, "rds", DR)
+    subnet_group = unique("dbsubnets")
+    dr_rds.create_db_subnet_group(
+        DBSubnetGroupName=subnet_group, DBSubnetGroupDescription="dr", SubnetIds=subnets
+    )
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = unique("app-template")
+    ec2.create_launch_template(
+        LaunchTemplateName=template,
+        LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"},
+    )
+    r53 = aws(moto_endpoint, "route53")
+    zone = f"{unique('zone')}.test"  # one zone per test: route53 finds a zone by its name
+    zone_id = r53.create_hosted_zone(Name=zone, CallerReference=unique("ref"))["HostedZone"]["Id"]
+    return {
+        "db": db,
+        "alias": alias,
+        "dr_key": dr_key,
+        "subnet_group": subnet_group,
+        "subnets": subnets,
+        "sg": sg,
+        "template": template,
+        "zone_id": zone_id,
+        "zone": zone,
+        "record": f"app.{zone}",
+        "endpoint": moto_endpoint,
+    }
+
+
+def dr_vars(world, tmp_path, **extra):
+    return {
+        "dr_failover_source_region": SOURCE,
+        "dr_failover_region": DR,
+        "dr_failover_db_instance": world["db"],
+        "dr_failover_kms_key_id": world["alias"],
+        "dr_failover_db_instance_class": "db.t3.small",
+        "dr_failover_db_subnet_group": world["subnet_group"],
+        "dr_failover_db_security_group_ids": [world["sg"]],
+        "dr_failover_launch_template": world["template"],
+        "dr_failover_subnet_id": world["subnets"][0],
+        "dr_failover_app_security_group_ids": [world["sg"]],
+        "dr_failover_dns_zone": world["zone"],
+        "dr_failover_dns_record": world["record"],
+        "dr_failover_state_file": str(tmp_path / "dr-state.json"),
+        "dr_failover_endpoint_url": world["endpoint"],
+        "dr_failover_poll_interval": 1,
+        **extra,
+    }
+
+
+def dr_copies(world):
+    dr = aws(world["endpoint"], "rds", DR)
+    return [
+        s
+        for s in dr.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
+        if s["DBInstanceIdentifier"] == world["db"]
+    ]
+
+
+def record_values(world):
+    r53 = aws(world["endpoint"], "route53")
+    sets = r53.list_resource_record_sets(HostedZoneId=world["zone_id"])["ResourceRecordSets"]
+    return [
+        [r["Value"] for r in s["ResourceRecords"]]
+        for s in sets
+        if s["Name"].rstrip(".") == world["record"] and s["Type"] == "A"
+    ]
+
+
+def app_instances(world):
+    ec2 = aws(world["endpoint"], "ec2", DR)
+    found = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:opsauto:dr-failover-of", "Values": [world["db"]]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return [i for r in found for i in r["Instances"]]
+
+
+def test_dr_dry_run_reports_every_step_and_changes_nothing(world, tmp_path):
+    status, failures, debug, stats, _ = play(
+        tmp_path, "dr_failover.yml", dr_vars(world, tmp_path, dr_failover_dry_run=True)
+    )
+    assert status == "successful", "\n".join(failures)
+    steps = stats["dr_failover_report"]["steps"]
+    text = "\n".join(steps)
+    assert text.startswith("preflight: preflight in us-west-2"), text
+    assert f"would copy snapshot arn:aws:rds:{SOURCE}" in text
+    assert f"would restore instance {world['db']}-dr from snapshot {world['db']}-dr-" in text
+    assert f"would launch {world['db']}-dr-app from launch template {world['template']}" in text
+    assert "smoke_test: would skipped" not in text
+    assert "dr_failover_smoke_url is empty" in text
+    assert f"would UPSERT A {world['record']}" in text
+    assert stats["dr_failover_report"]["rpo_seconds"] is not None
+    # Nothing changed: no copy, no instance, no host, no record, no step record.
+    assert dr_copies(world) == []
+    dr = aws(world["endpoint"], "rds", DR)
+    assert f"{world['db']}-dr" not in {
+        i["DBInstanceIdentifier"] for i in dr.describe_db_instances()["DBInstances"]
+    }
+    assert app_instances(world) == []
+    assert record_values(world) == []
+    assert not (tmp_path / "dr-state.json").exists()
+
+
+def state_of(tmp_path):
+    return json.loads((tmp_path / "dr-state.json").read_text())
+
+
+def test_dr_failover_end_to_end_then_a_rerun_changes_nothing(world, tmp_path):
+    status, failures, debug, stats, _ = play(tmp_path, "dr_failover.yml", dr_vars(world, tmp_path))
+    assert status == "successful", "\n".join(failures)
+    report = stats["dr_failover_report"]
+    # The copy: in the DR region, encrypted with the DR key, tagged with its source.
+    [copy] = dr_copies(world)
+    assert copy["KmsKeyId"] == world["dr_key"]
+    assert copy["Encrypted"] is True
+    # The restored instance: its class and the copy it came from.
+    dr = aws(world["endpoint"], "rds", DR)
+    restored = dr.describe_db_instances(DBInstanceIdentifier=f"{world['db']}-dr")["DBInstances"][0]
+    assert restored["DBInstanceClass"] == "db.t3.small"
+    assert restored["DBSubnetGroup"]["DBSubnetGroupName"] == world["subnet_group"]
+    tags = instance_tags(dr, f"{world['db']}-dr")
+    assert tags["opsauto:restored-from"] == f"snapshot:{copy['DBSnapshotIdentifier']}"
+    # The application host and the record pointing at it.
+    [host] = app_instances(world)
+    assert host["State"]["Name"] == "running"
+    assert record_values(world) == [[host["PublicIpAddress"]]]
+    # The step record: every phase finished, with its wall time; the RPO measured.
+    state = state_of(tmp_path)
+    phases = state["phases"]
+    assert {p for p in phases if phases[p]["status"] == "done"} == {
+        "preflight", "snapshot", "copy", "restore", "app_host", "dns"
+    }  # fmt: skip
+    assert phases["deploy"]["status"] == "skipped"
+    assert phases["smoke_test"]["status"] == "skipped"
+    assert phases["copy"]["data"]["snapshot_identifier"] == copy["DBSnapshotIdentifier"]
+    assert phases["app_host"]["data"]["instance_id"] == host["InstanceId"]
+    assert phases["dns"]["data"]["previous"] == []
+    assert all(phases[p]["seconds"] >= 0 for p in phases)
+    assert 0 <= report["rpo_seconds"] < 600
+    assert report["rto_seconds"] == pytest.approx(
+        sum(phases[p]["seconds"] for p in phases), abs=0.05
+    )
+    assert any("WARN: dr_failover_smoke_url is empty" in str(m) for m in debug)
+
+    again, failures, _, stats, tasks = play(
+        tmp_path, "dr_failover.yml", dr_vars(world, tmp_path), name="rerun"
+    )
+    assert again == "successful", "\n".join(failures)
+    assert all(s.endswith("done earlier, skipped") for s in stats["dr_failover_report"]["steps"]), (
+        stats["dr_failover_report"]["steps"]
+    )
+    assert len(dr_copies(world)) == 1
+    assert len(app_instances(world)) == 1
+    assert state_of(tmp_path)["phases"] == phases
