@@ -81,7 +81,10 @@ def check_key(record, key, path):
 def finished(record):
     """Phases done or skipped, in the order they finished."""
     phases = record.get("phases") or {}
-    return [name for name, step in phases.items() if step.get("status") in FINISHED]
+    done = [(name, step) for name, step in phases.items() if step.get("status") in FINISHED]
+    # The file is written with sorted keys: order by when each phase started.
+    done.sort(key=lambda item: (item[1].get("started_epoch") or 0, item[1].get("finished", "")))
+    return [name for name, _ in done]
 
 
 def next_phase(record, order):
@@ -113,6 +116,8 @@ def mark(record, phase, status, now, data=None, msg=None):
         step["attempts"] = int(step.get("attempts") or 0) + 1
         step.pop("error", None)
     else:
+        if step.get("started_epoch") is None:  # finished without a start (a skipped phase)
+            step.update(started=stamp, started_epoch=now.timestamp())
         step["status"] = status
         step["finished"] = stamp
         started = step.get("started_epoch")

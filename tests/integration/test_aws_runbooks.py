@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import AWS_TEST_CREDENTIALS, run_playbook
 
+COPY_TASK = "Copy the snapshot to the DR region, re-encrypted with its key"
 SOURCE = "us-east-1"
 DR = "us-west-2"
 
@@ -267,3 +268,171 @@ def test_dr_failover_end_to_end_then_a_rerun_changes_nothing(world, tmp_path):
     assert len(dr_copies(world)) == 1
     assert len(app_instances(world)) == 1
     assert state_of(tmp_path)["phases"] == phases
+
+
+def test_dr_missing_kms_key_stops_in_preflight_before_any_copy(world, tmp_path):
+    variables = dr_vars(world, tmp_path, dr_failover_kms_key_id="alias/no-such-key")
+    status, failures, _, _, _ = play(tmp_path, "dr_failover.yml", variables)
+    assert status == "failed"
+    message = failures[-1]
+    assert "stopped in phase preflight" in message
+    assert f"KMS key alias/no-such-key not found in {DR}" in message
+    assert "Done: nothing" in message
+    assert dr_copies(world) == []
+    phases = state_of(tmp_path)["phases"]
+    assert phases == {"preflight": phases["preflight"]}
+    assert phases["preflight"]["status"] == "failed"
+    assert "alias/no-such-key" in phases["preflight"]["error"]
+
+
+def test_dr_interrupted_after_the_copy_resumes_without_copying_again(world, tmp_path):
+    # A DB instance another tool made already holds the target name: the restore fails
+    # after the copy, as an interruption there would.
+    dr = aws(world["endpoint"], "rds", DR)
+    dr.create_db_instance(
+        DBInstanceIdentifier=f"{world['db']}-dr",
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        AllocatedStorage=20,
+        MasterUsername="app",
+        MasterUserPassword="not-a-secret-1",
+        DBSubnetGroupName=world["subnet_group"],
+    )
+    status, failures, _, _, tasks = play(tmp_path, "dr_failover.yml", dr_vars(world, tmp_path))
+    assert status == "failed"
+    assert tasks[COPY_TASK] == ["runner_on_ok"]
+    message = failures[-1]
+    assert "stopped in phase restore" in message
+    assert "restore target name taken" in message
+    assert "Done: preflight, snapshot, copy" in message
+    assert "Resume: fix the cause and run the same command again" in message
+    [copy] = dr_copies(world)
+    assert f"snapshot_identifier={copy['DBSnapshotIdentifier']}" in message  # how to undo it
+    first = state_of(tmp_path)["phases"]
+    assert first["copy"]["status"] == "done"
+    assert first["restore"]["status"] == "failed"
+
+    dr.delete_db_instance(DBInstanceIdentifier=f"{world['db']}-dr", SkipFinalSnapshot=True)
+    status, failures, _, stats, tasks = play(
+        tmp_path, "dr_failover.yml", dr_vars(world, tmp_path), name="resume"
+    )
+    assert status == "successful", "\n".join(failures)
+    steps = stats["dr_failover_report"]["steps"]
+    assert steps[:3] == [f"{p}: done earlier, skipped" for p in ("preflight", "snapshot", "copy")]
+    assert COPY_TASK not in tasks  # the copy phase was not even entered
+    assert dr_copies(world) == [copy]
+    resumed = state_of(tmp_path)["phases"]
+    assert resumed["copy"] == first["copy"]  # not run again: same record, same times
+    assert resumed["restore"]["status"] == "done"
+    assert resumed["restore"]["attempts"] == 2
+    assert instance_tags(dr, f"{world['db']}-dr")["opsauto:restored-from"] == (
+        f"snapshot:{copy['DBSnapshotIdentifier']}"
+    )
+
+
+def restore_vars(world, **extra):
+    return {
+        "rds_restore_region": SOURCE,
+        "rds_restore_endpoint_url": world["endpoint"],
+        "rds_restore_poll_interval": 1,
+        **extra,
+    }
+
+
+def test_rds_restore_from_snapshot_tags_the_old_instance_and_refuses_bad_requests(world, tmp_path):
+    rds = aws(world["endpoint"], "rds")
+    db, target = world["db"], f"{world['db']}-restored"
+    variables = restore_vars(
+        world,
+        rds_restore_snapshot=f"{db}-nightly",
+        rds_restore_target=target,
+        rds_restore_instance_class="db.t3.medium",
+    )
+    status, failures, _, stats, _ = play(tmp_path, "rds_restore.yml", variables)
+    assert status == "successful", "\n".join(failures)
+    got = rds.describe_db_instances(DBInstanceIdentifier=target)["DBInstances"][0]
+    assert got["DBInstanceClass"] == "db.t3.medium"
+    assert got["DBInstanceStatus"] == "available"
+    assert stats["rds_restore_report"]["endpoint"]["address"] == got["Endpoint"]["Address"]
+    old = rds.describe_db_instances(DBInstanceIdentifier=db)["DBInstances"][0]
+    assert old["DBInstanceStatus"] == "available"  # left running
+    assert instance_tags(rds, db)["opsauto:restored-to"] == target
+
+    # The cut-over changes production: without its confirmation it is refused before the
+    # Docker host is touched.
+    status, failures, _, _, _ = play(
+        tmp_path, "rds_restore.yml", {**variables, "rds_restore_cutover": True}, name="cutover"
+    )
+    assert status == "failed"
+    assert f"Confirm with -e rds_restore_cutover_confirm={target}" in failures[-1]
+
+    # A point in time outside the restorable window: refused before AWS is called (moto
+    # would restore it), both ends of the window named.
+    pitr = f"{db}-pitr"
+    status, failures, _, _, _ = play(
+        tmp_path,
+        "rds_restore.yml",
+        restore_vars(
+            world,
+            rds_restore_source_instance=db,
+            rds_restore_time="2001-01-01T00:00:00Z",
+            rds_restore_target=pitr,
+        ),
+        name="pitr",
+    )
+    assert status == "failed"
+    assert "outside the restorable window" in failures[-1]
+    assert "earliest 20" in failures[-1] and "latest 20" in failures[-1]
+    assert pitr not in {i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]}
+
+
+def test_server_recovery_replaces_the_host_and_moves_the_record_and_the_elastic_ip(world, tmp_path):
+    ec2 = aws(world["endpoint"], "ec2", DR)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    old = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")[
+        "Instances"
+    ][0]  # fmt: skip
+    name = unique("app")
+    variables = {
+        "server_recovery_region": DR,
+        "server_recovery_endpoint_url": world["endpoint"],
+        "server_recovery_old_instance_id": old["InstanceId"],
+        "server_recovery_launch_template": world["template"],
+        "server_recovery_subnet_id": world["subnets"][0],
+        "server_recovery_name": name,
+        "server_recovery_switch": "route53",
+        "server_recovery_dns_zone": world["zone"],
+        "server_recovery_dns_record": world["record"],
+        "server_recovery_poll_interval": 1,
+    }
+    status, failures, debug, stats, _ = play(tmp_path, "server_recovery.yml", variables)
+    assert status == "successful", "\n".join(failures)
+    report = stats["server_recovery_report"]
+    new = report["new"]
+    assert new["instance_id"] != old["InstanceId"]
+    found = ec2.describe_instances(InstanceIds=[new["instance_id"]])["Reservations"][0]
+    [instance] = found["Instances"]
+    assert instance["State"]["Name"] == "running"
+    assert instance["InstanceType"] == "t3.micro"  # from the launch template
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["opsauto:replaces"] == old["InstanceId"]
+    assert report["old"]["public_ip"] == old["PublicIpAddress"]
+    assert record_values(world) == [[instance["PublicIpAddress"]]]
+    assert any("WARN: server_recovery_health_url is empty" in str(m) for m in debug)
+    old_now = ec2.describe_instances(InstanceIds=[old["InstanceId"]])["Reservations"][0]
+    assert old_now["Instances"][0]["State"]["Name"] == "running"  # never stopped
+
+    # Elastic IP: moved to the replacement; a rerun finds the same replacement.
+    eip = ec2.allocate_address(Domain="vpc")
+    ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=old["InstanceId"])
+    status, failures, _, stats, _ = play(
+        tmp_path,
+        "server_recovery.yml",
+        {**variables, "server_recovery_switch": "eip", "server_recovery_eip": eip["PublicIp"]},
+        name="eip",
+    )
+    assert status == "successful", "\n".join(failures)
+    assert stats["server_recovery_report"]["new"]["instance_id"] == new["instance_id"]
+    address = ec2.describe_addresses(PublicIps=[eip["PublicIp"]])["Addresses"][0]
+    assert address["InstanceId"] == new["instance_id"]
+    assert stats["server_recovery_report"]["new"]["public_ip"] == eip["PublicIp"]
