@@ -35,7 +35,8 @@ options:
     description: Region of the source DB instance and its snapshots (O(action=pick_snapshot)).
     type: str
   db_instance_identifier:
-    description: The source DB instance (V(pick_snapshot)) or the instance to tag (V(tag_db_instance)).
+    description:
+      - The source DB instance (V(pick_snapshot)) or the instance to tag (V(tag_db_instance)).
     type: str
   kms_key_id:
     description: KMS key the DR copy will be encrypted with (V(preflight)).
@@ -144,7 +145,9 @@ msg:
   returned: always
   type: str
 checks:
-  description: Each preflight check with C(check), C(ok) (true, false, or null when not readable), C(detail), C(fix).
+  description:
+    - Each preflight check - C(check), C(ok) (true, false, or null when not readable),
+      C(detail), C(fix).
   returned: when action is preflight
   type: list
   elements: dict

@@ -127,9 +127,9 @@ def launch_template(ec2, template, region):
     fix = f"create the launch template {template} in {region} or give one that exists there"
     by = "LaunchTemplateId" if TEMPLATE_ID.match(template) else "LaunchTemplateName"
     try:
-        versions = ec2.describe_launch_template_versions(
-            **{by: template}, Versions=["$Default"]
-        )["LaunchTemplateVersions"]
+        versions = ec2.describe_launch_template_versions(**{by: template}, Versions=["$Default"])[
+            "LaunchTemplateVersions"
+        ]
     except (ClientError, BotoCoreError) as exc:
         return failed_read(name, exc, f"launch template {template}", region, fix), {}
     if not versions:
@@ -166,7 +166,7 @@ def subnet_zone(ec2, subnet_id, region):
 
 def instance_type_offered(ec2, instance_type, zone, region):
     name = "instance_type_offered"
-    where, location = (("availability-zone", zone) if zone else ("region", region))
+    where, location = ("availability-zone", zone) if zone else ("region", region)
     fix = (
         f"choose an instance type offered in {location} (aws ec2 "
         f"describe-instance-type-offerings --location-type {where} --region {region}) or "

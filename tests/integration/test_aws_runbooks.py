@@ -382,8 +382,11 @@ def test_rds_restore_from_snapshot_tags_the_old_instance_and_refuses_bad_request
     )
     assert status == "failed"
     assert "outside the restorable window" in failures[-1]
-    assert "earliest 20" in failures[-1] and "latest 20" in failures[-1]
-    assert pitr not in {i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]}
+    assert "earliest 20" in failures[-1]
+    assert "latest 20" in failures[-1]
+    assert pitr not in {
+        i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]
+    }
 
 
 def test_server_recovery_replaces_the_host_and_moves_the_record_and_the_elastic_ip(world, tmp_path):
