@@ -217,10 +217,10 @@ duration_seconds:
   type: float
 timings:
   description:
-    - Seconds per phase, for the phases that ran; C(prepare_seconds) (manifest, container and
-      database lookups), C(verify_seconds), C(create_seconds), C(restore_seconds),
-      C(rows_seconds) (the row count) and C(swap_seconds) (the marker and, with
-      O(mode=replace), the swap).
+    - Seconds per phase, for the phases that ran; C(prepare_seconds) (manifest, container
+      check), C(verify_seconds) (the backup's verification, with the database lookups beside
+      it), C(create_seconds), C(restore_seconds), C(rows_seconds) (the row count) and
+      C(swap_seconds) (the marker and, with O(mode=replace), the swap).
   returned: always
   type: dict
   sample: {prepare_seconds: 0.12, verify_seconds: 0.35, create_seconds: 0.18, restore_seconds: 9.4}

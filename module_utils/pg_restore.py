@@ -25,7 +25,7 @@ from ansible.module_utils.pg_artifacts import (
     restore_marker,
 )
 from ansible.module_utils.pg_dump import verify_archive
-from ansible.module_utils.pg_session import PgContainer
+from ansible.module_utils.pg_session import Background, PgContainer
 from ansible.module_utils.pipelines import feed_command
 
 # --------------------------------------------------------------------------- verification
@@ -50,9 +50,20 @@ def verify_backup(pg, path, manifest, identity_file=None):
         )
     try:
         file_id = file_identity(path)  # taken before reading: a later write changes it
+    except OSError as exc:
+        raise PgError(os_error_message(exc, f"read {path}")) from None
+    # The second check (decryption, or readability) runs beside the sha256; the sha256's
+    # verdict is reported first, as when they ran one after the other.
+    if manifest.get("encryption"):
+        second = Background(lambda: _verify_plaintext(path, manifest, identity_file))
+    else:
+        second = Background(lambda: {"readable": _check_readable(pg, path, manifest)})
+    try:
         sha256, size = sha256_file(path)
     except OSError as exc:
         raise PgError(os_error_message(exc, f"read {path}")) from None
+    finally:
+        second.join()
     if sha256 != manifest["sha256"] or size != manifest["size"]:
         raise CorruptBackupError(
             f"backup {path} is corrupt: sha256 check failed (file {sha256}, {size} bytes; "
@@ -61,11 +72,13 @@ def verify_backup(pg, path, manifest, identity_file=None):
         )
     checks["sha256"] = sha256
     checks["file"] = file_id
-    if manifest.get("encryption"):
-        checks.update(_verify_plaintext(path, manifest, identity_file))
-        return checks
+    checks.update(second.result())
+    return checks
+
+
+def _check_readable(pg, path, manifest):
     try:
-        checks["readable"] = verify_archive(
+        return verify_archive(
             pg, path, manifest["format"], manifest["mode"], manifest.get("compression", "none")
         )
     except CorruptBackupError as exc:
@@ -73,7 +86,6 @@ def verify_backup(pg, path, manifest, identity_file=None):
             f"backup {path} is corrupt: readability check failed ({exc}). Nothing was changed; "
             "restore another backup"
         ) from None
-    return checks
 
 
 def file_identity(path):
@@ -172,13 +184,21 @@ def run_restore(params, check_mode=False):
     short = manifest["sha256"][:8]
     work_name = pg_identifier(target, f"__restore_{short}")
     previous_name = pg_identifier(target, f"__pre_{backup_id}")
-    # one round trip: connection, password and role problems show up here, and the target
-    # and the names a replace uses are looked up (nothing is changed before verification)
-    _, infos = pg.server_and_databases([target, work_name, previous_name], maintenance_db)
-    laps = _Laps(started, "prepare_seconds")
-    checks = reuse_verification(path, manifest, params.get("verified")) or verify_backup(
-        pg, path, manifest, identity
+    # One round trip, run beside the verification (both only read): connection, password
+    # and role problems show up here, and the target and the names a replace uses are
+    # looked up.  Nothing is changed before both succeeded.
+    lookup = Background(
+        lambda: pg.server_and_databases([target, work_name, previous_name], maintenance_db)
     )
+    laps = _Laps(started, "prepare_seconds")
+    try:
+        checks = reuse_verification(path, manifest, params.get("verified")) or verify_backup(
+            pg, path, manifest, identity
+        )
+    except BaseException:
+        lookup.result()  # a connection, password or role problem is the one to report
+        raise
+    _, infos = lookup.result()
     laps("verify_seconds")
     marker = restore_marker(backup_id, manifest["sha256"])
     result = {

@@ -44,14 +44,9 @@ SERVER_INFO_SQL = (
 # so that it takes one core and leaves the rest to the dump (about as fast on 2 cores).
 COUNT_SETTINGS_SQL = "SET LOCAL max_parallel_workers_per_gather = 0;\nSET LOCAL jit = off;\n"
 
-# Every ordinary table of the database with its exact row count, in one statement so
-# that it runs inside the caller's transaction (and snapshot).  Tables that belong to
-# an extension are left out: pg_dump does not dump their rows by default.
-ROW_COUNT_SQL = """
-SELECT n.nspname || '.' || c.relname,
-       (xpath('/row/c/text()', query_to_xml(
-           format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname),
-           false, true, '')))[1]::text::bigint
+# The ordinary tables of a database whose rows pg_dump dumps: tables that belong to an
+# extension are left out (pg_dump does not dump their rows by default).
+_DUMPED_TABLES = """
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r'
@@ -60,7 +55,25 @@ SELECT n.nspname || '.' || c.relname,
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                     WHERE d.classid = 'pg_catalog.pg_class'::regclass
                       AND d.objid = c.oid AND d.deptype = 'e')
- ORDER BY 1;
+ ORDER BY 1"""
+
+# Every such table with its exact row count, in one statement so that it runs inside the
+# caller's transaction (and snapshot): the backup's counts.
+ROW_COUNT_SQL = f"""
+SELECT n.nspname || '.' || c.relname,
+       (xpath('/row/c/text()', query_to_xml(
+           format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname),
+           false, true, '')))[1]::text::bigint{_DUMPED_TABLES};
+"""
+
+# The same counts as one top-level statement per table (psql's \gexec runs each generated
+# statement), so that the server may scan a big table with parallel workers, which a
+# count inside query_to_xml never gets: the counts after a restore, when nothing else
+# competes for the cores.
+PARALLEL_ROW_COUNT_SQL = f"""
+SELECT format('SELECT %L, count(*) FROM ONLY %I.%I',
+              n.nspname || '.' || c.relname, n.nspname, c.relname){_DUMPED_TABLES}
+\\gexec
 """
 
 # The options every module that runs clients in the container takes (documented once in
@@ -359,7 +372,8 @@ class PgContainer:
         return parse_server_info(rows[:1]), {name: found.get(name) for name in databases}
 
     def row_counts(self, database):
-        rows = self.psql(ROW_COUNT_SQL, database, timeout=SESSION_TIMEOUT)
+        """``{schema.table: rows}`` of ``database``, counted with parallel scans if useful."""
+        rows = self.psql(PARALLEL_ROW_COUNT_SQL, database, timeout=SESSION_TIMEOUT)
         return {name: int(count) for name, count in rows}
 
     def terminate_own_sessions(self, maintenance_db="postgres"):

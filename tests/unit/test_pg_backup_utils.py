@@ -578,6 +578,19 @@ def test_verify_backup_detects_a_flipped_byte(tmp_path):
         pg_restore.verify_backup(None, plan["path"], manifest)
 
 
+def test_verify_backup_reports_the_sha256_before_the_readability_check(tmp_path):
+    # both checks run at once; a truncated dump fails both, the sha256 is what is reported
+    plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" * 100 + DUMP_TRAILER.encode())
+    data = Path(plan["path"]).read_bytes()
+    Path(plan["path"]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ops_errors.CorruptBackupError, match="corrupt: sha256 check failed"):
+        pg_restore.verify_backup(None, plan["path"], manifest)
+    # with a matching sha256, the readability check's verdict is reported
+    truncated = {**manifest, "sha256": fileops.sha256_file(plan["path"])[0], "size": len(data) // 2}
+    with pytest.raises(ops_errors.CorruptBackupError, match="readability check failed"):
+        pg_restore.verify_backup(None, plan["path"], truncated)
+
+
 def test_a_verification_is_reused_only_while_the_file_is_unchanged(tmp_path):
     plan, manifest = _plain_backup(tmp_path, b"SELECT 1;\n" * 100 + DUMP_TRAILER.encode())
     path = plan["path"]
