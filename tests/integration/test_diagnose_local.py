@@ -1,8 +1,8 @@
 """The diagnose playbook against this machine's Docker engine (ansible-runner, as AWX runs
-it), on a reference stack of its own: a healthy stack yields no WARN and no FAIL and is left
-untouched; then one fault at a time is injected, the right check is the only root cause
-(everything else that is not PASS is marked as its symptom) and names the right remedy,
-and the stack is restored before the next fault.
+it), on a reference stack of its own: a healthy stack yields no WARN and no FAIL (twice, and
+in check mode) and is left untouched; then one fault at a time is injected, the right check
+is the only root cause (everything else that is not PASS is marked as its symptom) and names
+the right remedy, and that remedy's playbook restores the stack before the next fault.
 
 Run it under the engine lock (flock /tmp/opsauto-engine.lock pytest tests/integration/...).
 """
@@ -56,7 +56,7 @@ def now_utc():
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def diagnose(stack, name, **extra):
+def diagnose(stack, name, cmdline="", **extra):
     """Run playbooks/diagnose.yml; return (runner result, failures, report, wall seconds)."""
     reports = stack["base"] / f"reports-{name}"
     variables = {
@@ -69,7 +69,9 @@ def diagnose(stack, name, **extra):
         **extra,
     }
     started = time.monotonic()
-    result, failures = run_playbook(stack["base"] / f"run-{name}", "diagnose.yml", variables)
+    result, failures = run_playbook(
+        stack["base"] / f"run-{name}", "diagnose.yml", variables, cmdline=cmdline
+    )
     wall = round(time.monotonic() - started, 2)
     path = reports / "localhost.json"
     report = json.loads(path.read_text()) if path.exists() else None
@@ -149,6 +151,14 @@ def wait_until_healthy(timeout=90):
     raise AssertionError(f"the stack did not become healthy again within {timeout} s: {last}")
 
 
+def remedy(stack, name, playbook, **extravars):
+    """Run the playbook a check named as its remedy; it must succeed."""
+    result, failures = run_playbook(
+        stack["base"] / f"remedy-{name}", playbook, {**stack["vars"], **extravars}
+    )
+    assert result.rc == 0, failures
+
+
 def reload_nginx():
     """nginx resolved the backend's addresses at load time; a recreated replica needs a reload."""
     assert run(["docker", "kill", "-s", "HUP", container("nginx")]).returncode == 0
@@ -171,9 +181,9 @@ def test_healthy_stack_no_finding_twice_and_untouched(stack):
     traffic()
     ids_before, files_before = container_ids(), tree_digest(stack["dir"])
     walls = []
-    for attempt in ("healthy-1", "healthy-2"):
+    for attempt, cmdline in (("healthy-1", ""), ("healthy-2", ""), ("healthy-check", "--check")):
         result, failures, report, wall = diagnose(
-            stack, attempt, diagnose_since=since, diagnose_fail_on="warn"
+            stack, attempt, cmdline, diagnose_since=since, diagnose_fail_on="warn"
         )
         walls.append(wall)
         assert result.rc == 0, failures
@@ -214,8 +224,11 @@ def test_database_stopped(stack):
         )
         assert container("db") in check["summary"]
         assert {c["id"]: c["status"] for c in report["checks"]}["database.ready"] == "SKIP"
-    finally:
+    except BaseException:
         run(["docker", "start", container("db")])
+        raise
+    # The remedy it names brings the database back.
+    remedy(stack, "db-stopped", "restart.yml", restart_services="db")
     wait_until_healthy()
 
 
@@ -238,11 +251,15 @@ def test_wrong_password_in_env(stack):
         assert statuses["containers.running"] == "PASS"
         assert PASSWORD not in json.dumps(report)
         assert "wrong-password-9" not in json.dumps(report)
-    finally:
+    except BaseException:
         env.write_text(good)
         env.chmod(0o600)
         run(recreate)
         reload_nginx()
+        raise
+    # The remedy it names rewrites .env from stack_db_password and replaces the backend.
+    remedy(stack, "wrong-password", "deploy.yml", deploy_health_timeout=90)
+    assert env.read_text() == good
     wait_until_healthy()
 
 
@@ -256,10 +273,13 @@ def test_one_backend_replica_stopped(stack):
             report, "containers.running", "FAIL", "restart_services=backend"
         )
         assert check["summary"].endswith(replica)
-    finally:
+    except BaseException:
         run(["docker", "start", replica])
-        wait_until_healthy()
-        reload_nginx()
+        raise
+    remedy(stack, "replica-stopped", "restart.yml", restart_services="backend")
+    wait_until_healthy()
+    # A restarted replica may get another address; nginx resolved the old one at load time.
+    reload_nginx()
     wait_until_healthy()
     _, _, report, _ = diagnose(stack, "restored", diagnose_since=now_utc())
     assert findings(report) == {}, json.dumps(findings(report), indent=1)
