@@ -13,6 +13,8 @@ PROJECT = "fastapi-monolith"
 PROJECT_DIR = "/srv/fastapi-monolith"
 HTTP = "http://127.0.0.1:8080"
 PROMETHEUS = "http://127.0.0.1:9090"
+# The load generator's bound (molecule/shared/loadgen.yml --duration).
+LOADGEN_SECONDS = 900
 
 
 def evidence(host) -> str:
@@ -27,10 +29,25 @@ def containers(host) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def http_gets(host, url: str, count: int) -> list[tuple[int, str]]:
+    """GET url `count` times from inside the host in one command; (status, body) of each
+    (status 0 when curl got no answer)."""
+    marker = "@@opsauto-http-status "
+    out = host.run(
+        f"for i in $(seq {count}); do curl -sS -m 5 -w '\\n{marker}%{{http_code}}\\n' {url}; done"
+    ).stdout
+    answers, body = [], []
+    for line in out.splitlines():
+        if line.startswith(marker):
+            answers.append((int(line[len(marker) :]), "\n".join(body)))
+            body = []
+        else:
+            body.append(line)
+    return answers + [(0, "\n".join(body))] * (count - len(answers))
+
+
 def http_get(host, url: str) -> tuple[int, str]:
-    cmd = host.run(f"curl -sS -m 5 -o /tmp/body -w '%{{http_code}}' {url}")
-    body = host.run("cat /tmp/body").stdout
-    return int(cmd.stdout or 0), body
+    return http_gets(host, url, 1)[0]
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 2):
@@ -66,9 +83,11 @@ def container_info(host, name: str) -> dict:
 
 
 def assert_no_failed_requests(host) -> dict:
-    """Stop the load generator and require that it sent traffic and none of it failed."""
+    """Stop the load generator and require that it sent traffic until it was stopped (so
+    through every operation before verify) and that none of it failed."""
     summary = loadgen_stop(host)
     assert summary["total"] > 100, summary
+    assert summary["seconds"] < LOADGEN_SECONDS - 1, f"the load ended before verify: {summary}"
     assert summary["failed"] == 0, json.dumps(summary) + evidence(host)
     return summary
 
@@ -88,8 +107,7 @@ def assert_all_healthy(host) -> list[dict]:
 def answering_hostnames(host, requests: int = 20) -> set[str]:
     """Container hostnames that answered /version through nginx over `requests` requests."""
     hostnames = set()
-    for _ in range(requests):
-        status, body = http_get(host, f"{HTTP}/version")
+    for status, body in http_gets(host, f"{HTTP}/version", requests):
         assert status == 200, body
         hostnames.add(json.loads(body)["hostname"])
     return hostnames
