@@ -33,6 +33,11 @@ description:
     that each runs O(image). A service without any container yet (a first deploy) is not
     started here: C(docker compose up) starts the whole project."
   - O(action=images) is the same present-or-pull check for a list of O(images) and nothing else.
+  - "The health gate is each new container's own health test. Docker runs it first one
+    health-check interval after the start; the module also runs that same test (C(docker exec),
+    bounded by the check's timeout) as soon as the container runs, so a ready container takes
+    traffic at once. A failing test changes nothing: Docker's checks still decide unhealthy."
+  - "O(action=status) only reads the service's containers (name, image, state, health)."
   - O(action=upstream) only writes the every-replica upstream (and reloads nginx when it runs
     and the file changed); O(action=reload) only checks and reloads nginx (nginx resolves the
     service's replicas when it loads its configuration).
@@ -59,7 +64,7 @@ options:
   action:
     description: What to do, see the description.
     type: str
-    choices: [rollout, upstream, reload, images]
+    choices: [rollout, upstream, reload, images, status]
     default: rollout
   image:
     description:
@@ -229,6 +234,18 @@ pulled:
   returned: action is images, or rollout with image
   type: list
   elements: str
+containers:
+  description: The service's containers, oldest first (name, image, status, health).
+  returned: action is status
+  type: list
+  elements: dict
+  sample: [{name: fastapi-monolith-backend-1, image: "fastapi-monolith/backend:1.1.0",
+            status: running, health: healthy}]
+running:
+  description: The running ones among RV(containers).
+  returned: action is status
+  type: list
+  elements: dict
 missing_images:
   description: The images neither present nor pullable (the module failed, nothing was touched).
   returned: failed
@@ -248,6 +265,8 @@ events:
     - {t: 3.65, event: "nginx reloaded"}
 """
 
+import subprocess
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.compose_rollout import ImageMissing, Rollout, RolloutError
 
@@ -257,7 +276,7 @@ ARGUMENT_SPEC = {
     "service": {"type": "str", "default": "backend"},
     "action": {
         "type": "str",
-        "choices": ["rollout", "upstream", "reload", "images"],
+        "choices": ["rollout", "upstream", "reload", "images", "status"],
         "default": "rollout",
     },
     "image": {"type": "str"},
@@ -298,8 +317,19 @@ def main():
         )
     params = dict(params, docker_cli=docker)
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data)
+    def run(argv, data=None, timeout=None):
+        if timeout is None:
+            return module.run_command(argv, data=data)
+        # A health test run by the module: bounded like Docker bounds it.
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return 124, "", f"timed out after {timeout:g} s"
+        except OSError as exc:
+            return 127, "", str(exc)
+        return proc.returncode, proc.stdout, proc.stderr
 
     rollout = Rollout(run, params, check_mode=module.check_mode)
     try:

@@ -17,6 +17,11 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 HASH_LABEL = "com.docker.compose.config-hash"
 
+NGINX_TEST_FAILED = 97
+NGINX_TEST_AND_RELOAD = (
+    f'nginx -t -q -c "$1" || exit {NGINX_TEST_FAILED}; exec nginx -c "$1" -s reload'
+)
+
 UPSTREAM_HEADER = (
     "# Managed by opsauto (compose_rollout module); rewritten during every rollout.\n"
     "# Servers of the {service} upstream, included by nginx.conf. nginx resolves these\n"
@@ -133,6 +138,16 @@ def created_key(container):
 def health_of(container):
     """'healthy', 'unhealthy', 'starting', or 'none' when the image has no health check."""
     return ((container.get("State") or {}).get("Health") or {}).get("Status") or "none"
+
+
+def health_test(container):
+    """The container's own health test as an argv for docker exec, or None when it has none."""
+    test = ((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    if len(test) > 1 and test[0] == "CMD":
+        return test[1:]
+    if len(test) == 2 and test[0] == "CMD-SHELL":
+        return ["/bin/sh", "-c", test[1]]
+    return None
 
 
 def plan(containers, desired_hash, replicas, replace_all=False):
@@ -314,6 +329,20 @@ class Rollout:
                 "and run the rollback or deploy again."
             )
 
+    def status(self):
+        """Read-only: the service's containers (oldest first), and which of them run."""
+        listing = [
+            {
+                "name": c["Name"].lstrip("/"),
+                "image": c["Config"].get("Image") or "",
+                "status": c["State"]["Status"],
+                "health": health_of(c),
+            }
+            for c in sorted(self.containers(self.p["service"]), key=created_key)
+        ]
+        running = [c for c in listing if c["status"] == "running"]
+        return {"changed": False, "containers": listing, "running": running}
+
     def images(self):
         pulled = self.ensure_images(self.p["images"])
         return {"changed": bool(pulled), "pulled": pulled, "images": self.p["images"]}
@@ -344,15 +373,31 @@ class Rollout:
             return bool(running)
         container = running[0]["Id"]
         conf = self.p["nginx_conf"]
-        rc, out, err = self.run([self.docker, "exec", container, "nginx", "-t", "-q", "-c", conf])
-        if rc != 0:
+        # One docker exec for the test and the reload (a rollout is serving after its first
+        # reload); exit 97 means the test failed and nothing was reloaded.
+        rc, out, err = self.run(
+            [self.docker, "exec", container, "sh", "-c", NGINX_TEST_AND_RELOAD, "sh", conf]
+        )
+        if rc in (126, 127):  # no sh in the image: the same in two execs
+            rc, out, err = self.run(
+                [self.docker, "exec", container, "nginx", "-t", "-q", "-c", conf]
+            )
+            if rc == 0:
+                rc, out, err = self.run(
+                    [self.docker, "exec", container, "nginx", "-c", conf, "-s", "reload"]
+                )
+            else:
+                rc = NGINX_TEST_FAILED
+        if rc == NGINX_TEST_FAILED:
             raise RolloutError(
                 "nginx -t rejected the configuration, nginx was not reloaded: "
                 f"{(err or out).strip()}"
             )
-        self.cmd(
-            [self.docker, "exec", container, "nginx", "-c", conf, "-s", "reload"], "nginx reload"
-        )
+        if rc != 0:
+            lines = (err or out or "").strip().splitlines()
+            raise RolloutError(
+                f"nginx reload failed (exit {rc}): {lines[-1] if lines else 'no output'}"
+            )
         self.note("nginx reloaded")
         return True
 
@@ -374,27 +419,48 @@ class Rollout:
         self.note(f"started {', '.join(new) or 'nothing'}")
         return new
 
+    def passes_health_test(self, container):
+        """Run the container's own health test now (docker exec); True when it passes.
+
+        Docker runs the test first one health-check interval after the start; running the
+        same test as soon as the container runs lets a ready container take traffic then.
+        A test that fails changes nothing: Docker's own checks still decide unhealthy.
+        """
+        argv = health_test(container)
+        if argv is None:
+            return False
+        timeout = (container["Config"].get("Healthcheck") or {}).get("Timeout") or 0
+        timeout = timeout / 1e9 if timeout else 30.0  # Docker states it in nanoseconds
+        name = container["Name"].lstrip("/")
+        rc, _, _ = self.run([self.docker, "exec", name, *argv], timeout=timeout)
+        return rc == 0
+
     def wait_healthy(self, names):
         """Poll until every container is healthy or has failed; returns the failed ones' states."""
         deadline = self.clock() + float(self.p["health_timeout"])
+        passed = set()  # their own health test passed when the module ran it
         while True:
             states = {c["Name"].lstrip("/"): c for c in self.inspect(names)}
             pending = [
                 n
                 for n in names
                 if n in states
+                and n not in passed
                 and states[n]["State"]["Status"] == "running"
                 and health_of(states[n]) == "starting"
             ]
+            passed.update(n for n in pending if self.passes_health_test(states[n]))
+            pending = [n for n in pending if n not in passed]
             if not pending or self.clock() >= deadline:
                 break
             self.sleep(float(self.p["poll_interval"]))
         sick = {}
         for name in names:
             info = states.get(name)
+            health = "healthy" if name in passed else health_of(info or {})
             if info is None:
                 sick[name] = {"status": "gone"}
-            elif info["State"]["Status"] != "running" or health_of(info) not in ("healthy", "none"):
+            elif info["State"]["Status"] != "running" or health not in ("healthy", "none"):
                 sick[name] = info
         if not sick:
             self.note(f"healthy: {', '.join(names)}")

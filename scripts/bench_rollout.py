@@ -76,7 +76,9 @@ class Bench:
         if self.profile:
             # the summary of the profile_tasks callback (ansible.cfg) follows the PLAY RECAP
             recap = proc.stdout.rfind("PLAY RECAP")
-            print(f"--- {name} {extravars}\n{proc.stdout[recap:]}", file=sys.stderr, flush=True)
+            report = proc.stdout.find("TASK [rollback : Report the rollback]")
+            timeline = proc.stdout[report:recap] if report >= 0 else ""  # the switch's events
+            print(f"--- {name} {extravars}\n{timeline}{proc.stdout[recap:]}", file=sys.stderr)
 
     def compose(self, *argv: str) -> None:
         subprocess.run(

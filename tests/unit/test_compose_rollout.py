@@ -134,6 +134,7 @@ class FakeDocker:
             "fastapi-monolith/backend:1.1.0",
         }
         self.fail = {}  # first argv word(s) -> (rc, stderr)
+        self.nginx_test_rc = 0
         self.log = []  # (kind, detail), in order
         self.now = 0.0
         self.containers = {}
@@ -161,7 +162,7 @@ class FakeDocker:
     def clock(self):
         return self.now
 
-    def run(self, argv, data=None):
+    def run(self, argv, data=None, timeout=None):
         args = argv[1:]
         if args[0] == "compose":
             args = args[5:]  # --project-directory DIR -p NAME
@@ -198,6 +199,7 @@ class FakeDocker:
             state["Health"] = {"Status": c["health"], "Log": [{"Output": "probe said no"}]}
             labels = {cr.HASH_LABEL: c["hash"]}
             config = {"Labels": labels, "Image": c.get("image")}
+            config["Healthcheck"] = {"Test": ["CMD", "python3", "-c", "probe"], "Timeout": 4e9}
             out.append(
                 {"Id": name, "Name": f"/{name}", "Created": c.get("created", ""), "State": state}
                 | {"Config": config}
@@ -217,8 +219,14 @@ class FakeDocker:
         return 0, "", ""
 
     def do_exec(self, args):
-        if "-t" in args:
-            return 0, "", ""
+        if args[1] != "p-nginx-1":  # the module runs a new container's own health test
+            assert args[2:] == ["python3", "-c", "probe"]
+            self.log.append(("health test", args[1]))
+            return self.containers[args[1]].get("probe_rc", 1), "", ""
+        if self.nginx_test_rc:
+            self.log.append(("nginx -t rejected", None))
+            return self.nginx_test_rc, "", "nginx: [emerg] host not found in upstream"
+        assert args[2:5] == ["sh", "-c", cr.NGINX_TEST_AND_RELOAD]  # test and reload in one exec
         servers = [
             line.split()[1].split(":")[0]
             for line in self.upstream.read_text().splitlines()
@@ -358,6 +366,49 @@ def test_a_new_container_still_starting_at_the_deadline_is_removed(tmp_path):
     assert fake.kinds("rm --force", "stop") == [("rm --force", ["p-backend-3", "p-backend-4"])]
 
 
+def test_a_new_container_passing_its_own_health_test_is_routed_to_at_once(tmp_path):
+    fake = FakeDocker(tmp_path, new_health="starting")  # Docker has not run its check yet
+    fake.new_state = {"probe_rc": 0}
+    result = rollout(fake).rollout()
+    assert result["started"] == ["p-backend-3", "p-backend-4"]
+    assert fake.kinds("health test", "sleep", "reload")[:3] == [
+        ("health test", "p-backend-3"),
+        ("health test", "p-backend-4"),
+        ("reload", ["p-backend-3", "p-backend-4"]),  # no poll wait before the switch
+    ]
+
+
+def test_a_failing_health_test_run_by_the_module_does_not_pass_the_gate(tmp_path):
+    fake = FakeDocker(tmp_path, new_health="starting")
+    fake.new_state = {"probe_rc": 1}
+    with pytest.raises(cr.RolloutError, match="p-backend-3 running starting"):
+        rollout(fake, health_timeout=1).rollout()
+    assert fake.kinds("health test").count(("health test", "p-backend-3")) == 3  # 0, .5, 1 s
+    assert fake.kinds("reload", "stop") == []
+
+
+def test_health_test_argv_from_the_container_config():
+    def cfg(test):
+        return {"Config": {"Healthcheck": {"Test": test}}}
+
+    assert cr.health_test(cfg(["CMD", "curl", "-f", "x"])) == ["curl", "-f", "x"]
+    assert cr.health_test(cfg(["CMD-SHELL", "pg_isready"])) == ["/bin/sh", "-c", "pg_isready"]
+    assert cr.health_test(cfg(["NONE"])) is None
+    assert cr.health_test({"Config": {}}) is None
+
+
+def test_status_lists_the_containers_oldest_first_and_the_running_ones(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.containers["p-backend-2"]["status"] = "exited"
+    result = rollout(fake).status()
+    assert [(c["name"], c["status"]) for c in result["containers"]] == [
+        ("p-backend-1", "running"),
+        ("p-backend-2", "exited"),
+    ]
+    assert [c["image"] for c in result["running"]] == ["fastapi-monolith/backend:1.1.0"]
+    assert not result["changed"]
+
+
 def test_a_failure_after_the_switch_restores_the_upstream_in_finally(tmp_path):
     fake = FakeDocker(tmp_path)
     fake.fail["stop p-backend-1"] = (1, "Error response from daemon: cannot stop")
@@ -369,6 +420,15 @@ def test_a_failure_after_the_switch_restores_the_upstream_in_finally(tmp_path):
         ("failed", "stop p-backend-1"),
         ("reload", STEADY),  # finally: nginx resolves every replica by name again
     ]
+    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+
+
+def test_nginx_rejecting_the_new_upstream_stops_nothing_and_the_upstream_is_restored(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.nginx_test_rc = cr.NGINX_TEST_FAILED
+    with pytest.raises(cr.RolloutError, match="nginx -t rejected .*host not found"):
+        rollout(fake).rollout()
+    assert [k for k, _ in fake.kinds("stop", "rm")] == []  # the old ones were never stopped
     assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
 
 
