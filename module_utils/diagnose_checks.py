@@ -43,7 +43,13 @@ DEFAULT_THRESHOLDS = {
 # marked symptom_of that cause (the first one, in this order).
 _BASIC = ["host.docker", "containers.present", "containers.running", "database.ready"]
 _DB = [*_BASIC, "network.db_dns", "database.login"]
-_SERVING = [*_DB, "containers.healthy", "configuration.nginx", "network.replicas"]
+_SERVING = [
+    *_DB,
+    "containers.healthy",
+    "configuration.nginx",
+    "configuration.upstream",
+    "network.replicas",
+]
 _ALL = [*_SERVING, "network.http", "host.load", "host.memory", "database.activity"]
 CAUSES = {
     "containers.running": ["host.docker", "containers.oom"],
@@ -415,12 +421,19 @@ def check_http(facts, t):
     evidence = [
         f"{url}: {probe.get('status') or probe.get('error')} {probe.get('body', '')}".strip()
     ]
+    status = probe.get("status")
+    if status is None:
+        remedy = _restart_remedy([facts["services"]["nginx"]]) + " (nothing answers the port)"
+    elif status == 503 or probe.get("database") not in ("ok", "?"):
+        remedy = "the backend answers but is not healthy: see database.login and containers.healthy"
+    else:
+        remedy = _restart_remedy([facts["services"]["backend"]]) + " (nginx gets no good answer)"
     return result(
         "network.http",
         "FAIL",
-        f"the application does not answer through nginx ({probe.get('status') or 'no answer'})",
+        f"the application does not answer through nginx ({status or 'no answer'})",
         evidence,
-        _restart_remedy([facts["services"]["nginx"]]),
+        remedy,
     )
 
 
@@ -791,19 +804,54 @@ def check_rollback_images(facts, t):
     )
 
 
-def check_rollout(facts, t):
+def _servers(facts):
+    """(host, port) of each server of the nginx upstream file; None without the file."""
     upstream = facts.get("upstream")
     if upstream is None:
+        return None
+    return [tuple(s.rsplit(":", 1)) if ":" in s else (s, "80") for s in upstream["servers"]]
+
+
+def check_rollout(facts, t):
+    servers = _servers(facts)
+    if servers is None:
         return result("deployment.rollout", "SKIP", "no nginx upstream file")
-    if upstream["explicit"]:
+    explicit = [f"{h}:{p}" for h, p in servers if h != _backend(facts)]
+    if explicit:
         return result(
             "deployment.rollout",
             "WARN",
             "a rollout did not finish: nginx routes only to named containers",
-            [f"{upstream['path']}: " + ", ".join(upstream["explicit"])],
+            [f"{facts['upstream']['path']}: " + ", ".join(explicit)],
             playbook("restart", restart_mode="rolling") + " (finishes and restores routing)",
         )
     return result("deployment.rollout", "PASS", "nginx routes to every replica (no rollout open)")
+
+
+def check_upstream_port(facts, t):
+    servers = _servers(facts)
+    if servers is None:
+        return result(
+            "configuration.upstream",
+            "FAIL",
+            "the nginx upstream file of the backend is missing",
+            [f"expected beside nginx.conf in {facts['project_dir']}/nginx"],
+            playbook("deploy") + " (writes it)",
+        )
+    port = str(facts["backend_port"])
+    wrong = [f"{h}:{p}" for h, p in servers if p != port]
+    if wrong or not servers:
+        return result(
+            "configuration.upstream",
+            "FAIL",
+            f"nginx sends requests to {', '.join(wrong) or 'no server'}; the backend listens on "
+            f"port {port}",
+            [f"{facts['upstream']['path']}: {', '.join(h + ':' + p for h, p in servers)}"],
+            playbook("deploy") + " (rewrites the upstream and reloads nginx)",
+        )
+    return result(
+        "configuration.upstream", "PASS", f"nginx's upstream targets port {port} of the backend"
+    )
 
 
 # --------------------------------------------------------------------------- latency
@@ -868,6 +916,7 @@ CHECKS = (
     check_compose,
     check_env,
     check_nginx_config,
+    check_upstream_port,
     check_prometheus,
     check_targets,
     check_release,

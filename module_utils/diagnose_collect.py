@@ -228,14 +228,14 @@ def parse_env_keys(text):
     return keys
 
 
-def parse_upstream(text, service, port):
-    """Servers named in the nginx upstream file other than the service itself (rollout open)."""
+def parse_upstream(text):
+    """The host:port of every server line of the nginx upstream file."""
     servers = []
     for line in text.splitlines():
         fields = line.strip().rstrip(";").split()
         if len(fields) >= 2 and fields[0] == "server":
             servers.append(fields[1])
-    return [s for s in servers if s != f"{service}:{port}"]
+    return servers
 
 
 def parse_probes(text):
@@ -510,8 +510,7 @@ class Collector:
             text = self.read(path)
         except OSError:
             return None
-        explicit = parse_upstream(text, self.services["backend"], self.p["backend_port"])
-        return {"path": path, "explicit": explicit}
+        return {"path": path, "servers": parse_upstream(text)}
 
     def host(self, docker_root):
         try:
@@ -562,6 +561,7 @@ class Collector:
             "project": self.p["project_name"],
             "project_dir": self.p["project_dir"],
             "services": self.services,
+            "backend_port": self.p["backend_port"],
             "env_required": self.p["env_required"],
             "since": since,
             "restart_sample_seconds": self.p["restart_sample_seconds"],

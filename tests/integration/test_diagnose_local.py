@@ -281,5 +281,65 @@ def test_one_backend_replica_stopped(stack):
     # A restarted replica may get another address; nginx resolved the old one at load time.
     reload_nginx()
     wait_until_healthy()
+
+
+def test_database_paused(stack):
+    """A paused database hangs instead of refusing: the probes time out, nothing waits forever."""
+    since = now_utc()
+    assert run(["docker", "pause", container("db")]).returncode == 0
+    try:
+        _, _, report, wall = diagnose(stack, "db-paused", diagnose_since=since)
+        check = assert_only_root_cause(
+            report, "containers.running", "FAIL", f"docker unpause {container('db')}"
+        )
+        assert "paused" in check["summary"]
+        login = next(c for c in report["checks"] if c["id"] == "database.login")
+        assert login["status"] == "FAIL"
+        assert "timeout" in login["evidence"][0]
+        assert wall < 60
+    finally:
+        run(["docker", "unpause", container("db")])
+    wait_until_healthy()
+
+
+def test_nginx_upstream_at_a_wrong_port(stack):
+    upstream = stack["dir"] / "nginx" / "backend-upstream.conf"
+    upstream.write_text("server backend:9999 max_fails=1 fail_timeout=5s;\n")
+    reload_nginx()
+    since = now_utc()
+    try:
+        _, _, report, _ = diagnose(stack, "upstream-port", diagnose_since=since)
+        check = assert_only_root_cause(
+            report, "configuration.upstream", "FAIL", "playbooks/deploy.yml"
+        )
+        assert "backend:9999" in check["summary"]
+        statuses = {c["id"]: c["status"] for c in report["checks"]}
+        assert statuses["network.http"] == "FAIL"  # its symptom
+        assert statuses["network.replicas"] == "PASS"  # the replicas themselves answer
+    finally:
+        # The remedy it names rewrites the upstream and reloads nginx.
+        remedy(stack, "upstream-port", "deploy.yml", deploy_health_timeout=90)
+    assert "backend:8000" in upstream.read_text()
+    wait_until_healthy()
+
+
+def test_running_release_recorded_bad(stack):
+    ledger = stack["dir"] / "ledger" / "releases.jsonl"
+    original = ledger.read_bytes()
+    last = json.loads(original.decode().strip().splitlines()[-1])
+    bad = {**last, "id": last["id"] + 1, "status": "bad", "health": "unhealthy", "time": now_utc()}
+    ledger.write_bytes(original + (json.dumps(bad) + "\n").encode())
+    try:
+        _, _, report, _ = diagnose(stack, "release-bad", diagnose_since=now_utc())
+        check = assert_only_root_cause(
+            report, "deployment.release", "FAIL", "ansible-playbook playbooks/rollback.yml"
+        )
+        assert f"{last['tag']} is recorded bad" in check["summary"]
+    finally:
+        ledger.write_bytes(original)
+
+
+def test_stack_is_clean_again_after_the_faults(stack):
+    wait_until_healthy()
     _, _, report, _ = diagnose(stack, "restored", diagnose_since=now_utc())
     assert findings(report) == {}, json.dumps(findings(report), indent=1)

@@ -60,6 +60,7 @@ def healthy_facts():
         "project": "fastapi-monolith",
         "project_dir": "/opt/fastapi-monolith",
         "services": SERVICES,
+        "backend_port": 8000,
         "env_required": ["DB_NAME", "DB_USER", "DB_PASSWORD"],
         "since": "15m",
         "restart_sample_seconds": 2,
@@ -114,7 +115,10 @@ def healthy_facts():
         },
         "ledger": {"path": "/opt/fastapi-monolith/ledger/releases.jsonl", "entries": [RELEASE]},
         "images_present": {"fastapi-monolith/backend:1.1.0": True, "img/db": True},
-        "upstream": {"path": "/opt/fastapi-monolith/nginx/backend-upstream.conf", "explicit": []},
+        "upstream": {
+            "path": "/opt/fastapi-monolith/nginx/backend-upstream.conf",
+            "servers": ["backend:8000"],
+        },
         "host": {
             "load": [0.3, 0.5, 0.4],
             "cpus": 2,
@@ -340,6 +344,11 @@ def test_health_through_nginx_fails_on_503():
     r = run(facts)["network.http"]
     assert r["status"] == "FAIL"
     assert "503" in r["summary"]
+    assert "see database.login" in r["remedy"]
+    facts["http"].update(status=None, error="ConnectionRefusedError", database="?")
+    assert "restart_services=nginx" in run(facts)["network.http"]["remedy"]
+    facts["http"].update(status=502, database="?")
+    assert "restart_services=backend" in run(facts)["network.http"]["remedy"]
 
 
 def test_a_replica_not_answering_nginx():
@@ -552,10 +561,27 @@ def test_rollback_target_images_missing():
 
 def test_half_finished_rollout():
     facts = healthy_facts()
-    facts["upstream"]["explicit"] = ["fm-backend-3:8000"]
-    r = run(facts)["deployment.rollout"]
+    facts["upstream"]["servers"] = ["fm-backend-3:8000"]
+    results = run(facts)
+    r = results["deployment.rollout"]
     assert r["status"] == "WARN"
     assert "restart_mode=rolling" in r["remedy"]
+    assert results["configuration.upstream"]["status"] == "PASS"
+
+
+def test_upstream_at_a_wrong_port_and_missing():
+    facts = healthy_facts()
+    facts["upstream"]["servers"] = ["backend:9999"]
+    facts["http"].update(status=502, database="?")
+    results = dc.evaluate(facts)
+    r = by_id(results)["configuration.upstream"]
+    assert r["status"] == "FAIL"
+    assert "backend:9999" in r["summary"]
+    assert "playbooks/deploy.yml" in r["remedy"]
+    assert by_id(results)["deployment.rollout"]["status"] == "PASS"
+    assert dc.summarize(results)["root_causes"] == ["configuration.upstream"]
+    facts["upstream"] = None
+    assert run(facts)["configuration.upstream"]["status"] == "FAIL"
 
 
 # --------------------------------------------------------------------------- latency
@@ -644,7 +670,7 @@ def test_same_finding_without_its_cause_is_a_root_cause():
 def test_fail_on(fail_on, facts_change, fails):
     facts = healthy_facts()
     if facts_change == "warn":
-        facts["upstream"]["explicit"] = ["x:8000"]
+        facts["upstream"]["servers"] = ["x:8000"]
     elif facts_change == "fail":
         facts["http"]["status"] = 502
     summary = dc.summarize(dc.evaluate(copy.deepcopy(facts)))

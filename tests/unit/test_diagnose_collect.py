@@ -107,9 +107,9 @@ def test_parse_meminfo_env_upstream_probes_targets():
     env = col.parse_env_keys("# c\nDB_NAME='appdb'\nDB_PASSWORD=''\nexport DB_USER=app\n")
     assert env == {"DB_NAME": True, "DB_PASSWORD": False, "DB_USER": True}
     upstream = "# header\nserver backend:8000 max_fails=1;\n"
-    assert col.parse_upstream(upstream, "backend", 8000) == []
-    rolling = "server fm-backend-3:8000 max_fails=1 fail_timeout=5s;\n"
-    assert col.parse_upstream(rolling, "backend", 8000) == ["fm-backend-3:8000"]
+    assert col.parse_upstream(upstream) == ["backend:8000"]
+    rolling = "server fm-b-3:8000 max_fails=1 fail_timeout=5s;\nserver fm-b-4:8000;\n"
+    assert col.parse_upstream(rolling) == ["fm-b-3:8000", "fm-b-4:8000"]
     probes = col.parse_probes(
         "http://a:8000/health|200 0.004512|\n"
         "http://b:8000/health|000 0.000|curl: (6) Could not resolve host: b\n"
