@@ -8,14 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 from stack_checks import (  # noqa: E402
     answering_hostnames,
     assert_all_healthy,
-    assert_no_failed_requests,
     containers,
     evidence,
 )
-
-
-def test_no_request_failed_during_restarts(host):
-    assert_no_failed_requests(host)
 
 
 def test_every_container_runs_and_is_healthy(host):
@@ -25,8 +20,11 @@ def test_every_container_runs_and_is_healthy(host):
 def test_rolling_restart_replaced_both_backend_replicas(host):
     names = sorted(c["Name"] for c in containers(host) if c["Service"] == "backend")
     assert len(names) == 2, evidence(host)
-    # replicas 1 and 2 were deployed; the rolling restart started new ones before removing them
-    assert not {"fastapi-monolith-backend-1", "fastapi-monolith-backend-2"} & set(names), names
+    # side_effect saved the two replicas' names; the rolling restart started new ones before
+    # removing them
+    before = host.file("/root/backends-before-rolling-restart.txt").content_string.split()
+    assert len(before) == 2, before
+    assert not set(before) & set(names), (before, names)
 
 
 def test_nginx_spreads_requests_over_both_replicas(host):

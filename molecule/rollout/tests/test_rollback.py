@@ -1,4 +1,5 @@
-"""Verify the rollback from 1.1.0 to 1.0.0 under load on the Molecule Docker host."""
+"""Verify the rollback from 1.1.0 to 1.0.0 (converge) on the Molecule Docker host; the scaling
+and restarts after it keep the release."""
 
 import json
 import sys
@@ -8,17 +9,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 from stack_checks import (  # noqa: E402
     HTTP,
-    assert_no_failed_requests,
     backend_image_id,
     containers,
     evidence,
-    http_get,
+    http_gets,
     ledger,
 )
-
-
-def test_no_request_failed_during_rollback(host):
-    assert_no_failed_requests(host)
 
 
 def test_backend_runs_the_previous_release(host):
@@ -26,8 +22,7 @@ def test_backend_runs_the_previous_release(host):
     assert len(backends) == 2, evidence(host)
     assert {c["Image"] for c in backends} == {"fastapi-monolith/backend:1.0.0"}, evidence(host)
     assert all(c["Health"] == "healthy" for c in backends), evidence(host)
-    for _ in range(6):
-        status, body = http_get(host, f"{HTTP}/version")
+    for status, body in http_gets(host, f"{HTTP}/version", 6):
         assert status == 200, body
         assert json.loads(body)["version"] == "1.0.0"
 
