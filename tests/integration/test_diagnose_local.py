@@ -339,6 +339,25 @@ def test_running_release_recorded_bad(stack):
         ledger.write_bytes(original)
 
 
+def test_backup_dir_nearly_full(stack):
+    """A 4 MiB tmpfs as the backup directory, filled to 98 %."""
+    backups = stack["base"] / "small-backups"
+    backups.mkdir(mode=0o700)
+    mount = run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(backups)])
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        (backups / "filler").write_bytes(b"\0" * (4 * 1024 * 1024 - 80 * 1024))
+        _, _, report, _ = diagnose(
+            stack, "backup-full", diagnose_since=now_utc(), stack_backup_dir=str(backups)
+        )
+        check = assert_only_root_cause(report, "host.disk", "FAIL", "playbooks/backup.yml")
+        line = next(x for x in check["evidence"] if x.startswith(f"backup dir {backups}: "))
+        assert float(line.split(": ")[1].split(" %")[0]) < 5.0, line
+    finally:
+        run(["umount", str(backups)])
+
+
 def test_stack_is_clean_again_after_the_faults(stack):
     wait_until_healthy()
     _, _, report, _ = diagnose(stack, "restored", diagnose_since=now_utc())
