@@ -84,7 +84,7 @@ def playbook(name, **extra):
 
 
 def short(lines):
-    out = [str(line).strip()[:EVIDENCE_WIDTH] for line in lines if str(line).strip()]
+    out = [" ".join(str(line).split())[:EVIDENCE_WIDTH] for line in lines if str(line).strip()]
     if len(out) > EVIDENCE_LINES:
         out = out[: EVIDENCE_LINES - 1] + [f"... and {len(out) - EVIDENCE_LINES + 1} more"]
     return out
@@ -555,6 +555,9 @@ def check_disks(facts, t):
             f"({disk['free'] // (1024 * 1024)} MiB), {ifree} % inodes free"
         )
     status = worst(*statuses)
+    order = {"FAIL": 0, "WARN": 1, "PASS": 2}
+    ranked = sorted(range(len(evidence)), key=lambda i: order[statuses[i]])
+    evidence = [evidence[i] for i in ranked]
     return result(
         "host.disk",
         status,

@@ -579,7 +579,8 @@ class Collector:
         first_read = self.clock()
         # Probes through nginx first and alone, so the other reads do not slow them down.
         facts["http"] = self.http()
-        facts["latency"] = self.latency()
+        # Latency of a failing /health says nothing more (and a hanging one costs seconds).
+        facts["latency"] = self.latency() if facts["http"]["status"] == 200 else {}
         jobs = {
             "db_ready": lambda: self.db_ready(containers),
             "db_login": lambda: self.db_login(containers),

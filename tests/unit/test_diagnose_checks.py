@@ -418,6 +418,17 @@ def test_disk_space_and_inodes(free_gib, inodes_free, status):
         assert "playbooks/backup.yml" in r["remedy"]
 
 
+def test_the_low_disk_is_listed_first():
+    facts = healthy_facts()
+    facts["host"]["disks"].append(
+        {"label": "backup dir", "path": "/b", "exists": True, "total": 100, "free": 2,
+         "inodes_total": 10, "inodes_free": 9}
+    )  # fmt: skip
+    r = run(facts)["host.disk"]
+    assert r["status"] == "FAIL"
+    assert r["evidence"][0].startswith("backup dir /b: 2.0 % space free")
+
+
 def test_missing_backup_dir_warns():
     facts = healthy_facts()
     facts["host"]["disks"].append(
@@ -683,6 +694,10 @@ def test_evidence_is_capped():
     assert len(out) == dc.EVIDENCE_LINES
     assert out[-1] == "... and 24 more"
     assert max(len(x) for x in dc.short(["y" * 1000])) == dc.EVIDENCE_WIDTH
+
+
+def test_evidence_lines_are_one_line_each():
+    assert dc.short(["<html>\n<head>  502\n</head>"]) == ["<html> <head> 502 </head>"]
 
 
 def test_unknown_status_is_refused():

@@ -285,6 +285,26 @@ def test_a_rising_restart_count_is_seen_between_the_two_reads():
     assert results["containers.restarts"]["status"] == "FAIL"
 
 
+def test_no_latency_probes_when_health_fails():
+    calls = []
+
+    def failing_http(url, timeout):
+        calls.append(url)
+        if "/api/v1/targets" in url:
+            return fake_http(url, timeout)
+        return {"status": 503, "body": "{}", "ms": 2000.0, "error": ""}
+
+    collector = col.Collector(
+        PARAMS, run=FakeDocker(), http_get=failing_http, clock=lambda: 1767225600.0,
+        sleep=lambda s: None, read=read, disk=disk,
+    )  # fmt: skip
+    facts = collector.collect()
+    assert facts["latency"] == {}
+    assert sum(1 for u in calls if u.endswith("/health")) == 1  # the one network.http probe
+    results = {r["id"]: r for r in dc.evaluate(facts)}
+    assert results["latency.health"]["status"] == "SKIP"
+
+
 def test_unparsable_login_output_becomes_a_login_error():
     class BrokenExec(FakeDocker):
         def __call__(self, argv, timeout):
