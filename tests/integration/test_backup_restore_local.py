@@ -56,6 +56,16 @@ def play(stack, tmp_path, playbook: str, **extra):
     return run_playbook(tmp_path, playbook, {**common, **extra})
 
 
+def module_results(result, module: str) -> list[dict]:
+    """The results of the tasks that ran ``module``, in order."""
+    return [
+        e["event_data"]["res"]
+        for e in result.events
+        if e.get("event") == "runner_on_ok"
+        and str(e["event_data"].get("task_action", "")).endswith(module)
+    ]
+
+
 def sets(stack) -> list[str]:
     base, _ = stack
     path = base / "backups"
@@ -218,6 +228,11 @@ def test_encrypted_set_backup_then_replace_restore(stack, tmp_path):
     assert result.rc == 0, failures
     assert psql_exec("SELECT count(*) FROM notes") == backed_up
     assert "AGE-SECRET-KEY" not in json.dumps([e.get("event_data") for e in result.events])
+    # the dump is decrypted and verified once, by the plan step; the restore takes that over
+    planned, restored = module_results(result, "pg_backup_restore")
+    assert "reused" not in planned["verification"]["backup"]
+    assert planned["verification"]["backup"]["plaintext_sha256"]
+    assert "not read again" in restored["verification"]["backup"]["reused"]
 
 
 def test_restore_drill_restores_into_a_throwaway_container(stack, tmp_path):
