@@ -15,8 +15,32 @@ description:
     custom and directory dumps, the completion trailer for plain dumps). A failed check fails the
     task with a message saying the backup is corrupt and which check failed.
   - Idempotent. A database restored by this module carries the COMMENT
-    C(opsauto-restore backup_id=<id> sha256=<sha256>). When the target database already carries
-    the marker of this backup, nothing is done and C(changed=false).
+    C(opsauto-restore backup_id=<id> sha256=<sha256> writes=<n>), where C(n) is the server's
+    count of rows inserted, updated and deleted in that database (C(pg_stat_database)
+    C(tup_inserted + tup_updated + tup_deleted)) when the restore finished. When the target
+    database carries the marker of this backup, that counter is unchanged and (with
+    O(verify_rows)) its exact row counts equal the manifest's, nothing is done and
+    C(changed=false). A database written since (an C(UPDATE) keeps the row counts but moves the
+    counter) is restored again. The counter is cheap to read and only grows; anything that resets
+    it (C(pg_stat_reset), a server crash) makes the database count as changed, so it is restored
+    again rather than wrongly left alone. Writes of sessions still open may reach the counter up to
+    a few seconds late.
+  - Every run first repairs what an interrupted earlier replace of O(database) left, and says so
+    in RV(msg) and RV(repairs). A target that does not accept connections
+    (C(datallowconn = false)) gets them back; a C({database}__pre_*) database that does not accept
+    connections (the swap committed, the old database was not reopened) gets them back; when the
+    target is missing and exactly one blocked C({database}__pre_*) exists (the live database
+    renamed away without its successor), it is renamed back; leftover work databases
+    C({database}__restore_*) are dropped. In check mode these are only reported.
+  - The swap goes through recovery on any failure, not only a failing command. A timeout of
+    the swap call or an interrupt (C(KeyboardInterrupt), or C(SIGTERM)/C(SIGHUP), which this
+    module turns into an exit that runs the recovery) first ends our own sessions still running
+    in the server, then looks up the state. A swap that committed only gets the old database's
+    connections back, otherwise the target gets them back and the work database is dropped.
+    A C(SIGKILL) runs nothing; the next run's repair covers it.
+  - A dump whose manifest records a C(pg_dump) of a newer major version than the target server
+    is refused before anything is changed, naming both versions (a server reads dumps of its own
+    major version or older only).
   - O(mode=new) creates the target database (from C(template0), with the encoding and locale the
     manifest recorded), restores into it and checks the row counts. If any step fails, the new
     database is dropped again.
@@ -142,8 +166,9 @@ notes:
   - Database-level settings that C(pg_dump) writes only with C(--create) (database GRANTs,
     C(ALTER DATABASE ... SET)) are not restored. The restored database's COMMENT is the marker.
   - Applications must reconnect after a replace; sessions to the old database are terminated.
-  - A previous database from an earlier replace with the same backup id makes O(mode=replace)
-    fail before anything is changed; drop or rename it first.
+  - When a previous database from an earlier replace with the same backup id exists, the next
+    replace keeps the old content as C({database}__pre_{backup_id}_2) (then C(_3)... up to C(_20),
+    after which it fails before anything is changed).
 seealso:
   - module: pg_backup
 """
@@ -211,6 +236,16 @@ previous_database:
   returned: always
   type: str
   sample: app__pre_nightly-2024-05-02
+repairs:
+  description:
+    - What an interrupted earlier run had left and this run repaired first (with "would be" in
+      check mode); empty when there was nothing to repair.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "database app did not accept connections (ALLOW_CONNECTIONS false, left by an interrupted
+      replace): connections allowed again"
 duration_seconds:
   description: Time the run took.
   returned: always
@@ -244,6 +279,9 @@ msg:
   type: str
 """
 
+import signal
+import sys
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.pg_restore import run_restore
@@ -270,11 +308,19 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if module.params["jobs"] < 1:
         module.fail_json(msg=f"jobs must be 1 or more, got {module.params['jobs']}")
+    # A killed run (ansible's timeout, a dropped SSH connection) raises SystemExit here, so
+    # the swap's recovery runs instead of leaving the live database blocked.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         result = run_restore(module.params, check_mode=module.check_mode)
     except OpsError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
+
+
+def _exit_on_signal(signum, _frame):
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

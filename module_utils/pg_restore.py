@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 
 from ansible.module_utils.age import decrypted, require_identity
 from ansible.module_utils.fileops import CHUNK_SIZE, os_error_message, sha256_file
 from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
 from ansible.module_utils.pg_artifacts import (
+    MAX_IDENTIFIER_BYTES,
     locate_manifest,
     pg_identifier,
     read_manifest,
@@ -181,6 +183,9 @@ def run_restore(params, check_mode=False):
     identity = params.get("decrypt_identity_file")
     require_identity(manifest, identity, path)
     pg.check_running()
+    # Whatever an interrupted earlier replace left (a blocked live database, a renamed one
+    # without its successor, leftover work databases) is repaired before anything else.
+    repairs = repair_interrupted(pg, target, maintenance_db, check_mode)
     short = manifest["sha256"][:8]
     work_name = pg_identifier(target, f"__restore_{short}")
     previous_name = pg_identifier(target, f"__pre_{backup_id}")
@@ -196,9 +201,12 @@ def run_restore(params, check_mode=False):
             pg, path, manifest, identity
         )
     except BaseException:
-        lookup.result()  # a connection, password or role problem is the one to report
+        # a connection, password or role problem is the one to report, then a dump that
+        # this server is too old for (which pg_restore --list calls unreadable)
+        check_versions(manifest, lookup.result()[0])
         raise
-    _, infos = lookup.result()
+    server, infos = lookup.result()
+    check_versions(manifest, server)
     laps("verify_seconds")
     marker = restore_marker(backup_id, manifest["sha256"])
     result = {
@@ -209,31 +217,44 @@ def run_restore(params, check_mode=False):
         "previous_database": None,
         "verification": {"backup": checks, "rows": None},
         "timings": laps.times,
+        "repairs": repairs,
     }
     current = infos[target]
-    if current is not None and current["comment"] == marker:
-        result["restored_rows"] = pg.row_counts(target) if params.get("verify_rows", True) else {}
+    unchanged, why_changed = (False, None)
+    if current is not None and marked_by(current["comment"], marker):
+        if not current["allow_connections"]:  # check mode, before its repair
+            why_changed = "it does not accept connections"
+        else:
+            unchanged, why_changed = unchanged_since_restore(
+                pg, target, current["comment"], marker, manifest, params, result, maintenance_db
+            )
+    if unchanged:
         result.update(
-            msg=f"database {target} is already restored from backup {backup_id} (its COMMENT "
-            "marks it); nothing to do",
+            msg=_with_repairs(
+                f"database {target} is already restored from backup {backup_id} (its COMMENT "
+                "marks it, and it has not been written since); nothing to do",
+                repairs,
+            ),
             duration_seconds=round(time.monotonic() - started, 3),
         )
         return result
     if mode == "new" and current is not None:
         raise PgError(
-            f"database {target} already exists in container {pg.container}: use mode=replace to "
-            "replace it (its current content is kept as a renamed copy by default), or choose "
-            "another database name"
+            f"database {target} already exists in container {pg.container}"
+            + (
+                f" (restored from backup {backup_id}, but changed since: {why_changed})"
+                if why_changed
+                else ""
+            )
+            + ": use mode=replace to replace it (its current content is kept as a renamed copy "
+            "by default), or choose another database name"
         )
     replacing = mode == "replace" and current is not None
     work_db = work_name if replacing else target
-    previous = previous_name if replacing else None
     owner = params.get("owner") or (current["owner"] if replacing else None)
-    if replacing and infos[previous] is not None:
-        raise PgError(
-            f"database {previous} already exists (kept by an earlier replace from backup "
-            f'{backup_id}): drop or rename it first (DROP DATABASE "{previous}"), then re-run'
-        )
+    previous = (
+        _free_previous_name(pg, target, backup_id, infos, maintenance_db) if replacing else None
+    )
     if check_mode:
         if replacing:
             action = (
@@ -249,7 +270,10 @@ def run_restore(params, check_mode=False):
             action = f"would create database {target} and restore backup {backup_id} into it"
         result.update(
             changed=True,
-            msg=action,
+            msg=_with_repairs(
+                action + (f" (restored from it before, but {why_changed})" if why_changed else ""),
+                repairs,
+            ),
             previous_database=previous,
             duration_seconds=round(time.monotonic() - started, 3),
         )
@@ -284,9 +308,14 @@ def run_restore(params, check_mode=False):
         laps("swap_seconds")
     except BaseException:
         if not swapped:
-            with contextlib.suppress(PgError):
+            # a client that timed out or was killed may still have its session running
+            pg.terminate_own_sessions(maintenance_db)
+            with contextlib.suppress(Exception):
                 _drop_database(pg, work_db, maintenance_db)
         raise
+    # what the database looked like when restored: a later run restores again if it changed
+    with contextlib.suppress(PgError):
+        pg.psql(RECORD_WRITES_SQL, maintenance_db, variables={"db": target, "marker": marker})
     if replacing:
         if params.get("keep_previous", True):
             result["previous_database"] = previous
@@ -294,9 +323,11 @@ def run_restore(params, check_mode=False):
             _drop_database(pg, previous, maintenance_db)
     result.update(
         changed=True,
-        msg=(
+        msg=_with_repairs(
             f"restored backup {backup_id} into {target}"
-            + (f" (previous content kept as {previous})" if result["previous_database"] else "")
+            + (f" again (restored from it before, but {why_changed})" if why_changed else "")
+            + (f" (previous content kept as {previous})" if result["previous_database"] else ""),
+            repairs,
         ),
         duration_seconds=round(time.monotonic() - started, 3),
     )
@@ -423,9 +454,12 @@ def _swap(pg, target, work_db, previous, maintenance_db, marker, attempts=10):
     """Mark ``work_db`` restored and put it in place of ``target`` (kept as ``previous``).
 
     The renames happen in one transaction, after new connections to ``target`` are
-    blocked and its sessions ended.  The common case takes one psql call; if that fails
-    (a session that would not end, a permission), the state is looked up and the swap is
-    retried step by step, so ``target`` never stays blocked.
+    blocked and its sessions ended.  The common case takes one psql call.  If that call
+    fails in any way (a session that would not end, a permission, a timeout of the call,
+    an interrupt), our sessions still running are ended and the state is looked up: a swap
+    that committed only gets the old database's connections back; otherwise ``target``
+    is unblocked, and the swap is retried step by step (an interrupt is re-raised after
+    the recovery instead), so ``target`` never stays blocked.
     """
     variables = {
         "target": target,
@@ -443,27 +477,237 @@ def _swap(pg, target, work_db, previous, maintenance_db, marker, attempts=10):
         )
         return
     except CommandError:
-        pass  # the careful path below finds out how far it got
-    _, infos = pg.server_and_databases([target, previous], maintenance_db)
-    if infos[previous] is not None and (infos[target] or {}).get("comment") == marker:
-        # renamed; only the old database's connection permission is left to give back
-        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous})
+        running = False  # psql ended: the careful path below finds out how far it got
+    except Exception:
+        running = True  # a timeout: the call may still run in the container
+    except BaseException:
+        _recover_swap(pg, target, previous, maintenance_db, marker)
+        raise
+    if _recover_swap(pg, target, previous, maintenance_db, marker, retry=True, running=running):
         return
-    pg.psql(MARK_SQL, maintenance_db, variables=variables, context=f" marking {work_db}")
-    pg.psql(BLOCK_SQL, maintenance_db, variables=variables, context=f" blocking {target}")
-    swapped = False
     try:
+        pg.psql(MARK_SQL, maintenance_db, variables=variables, context=f" marking {work_db}")
+        pg.psql(BLOCK_SQL, maintenance_db, variables=variables, context=f" blocking {target}")
         for attempt in range(attempts):
             try:
                 pg.psql(
                     SWAP_SQL, maintenance_db, variables=variables, context=f" swapping {target}"
                 )
-                swapped = True
                 break
             except CommandError as exc:
                 if "being accessed by other users" not in exc.stderr or attempt == attempts - 1:
                     raise
                 time.sleep(0.5)
-    finally:
-        # the old database (renamed or not) gets its connection permission back
-        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous if swapped else target})
+        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous})
+    except BaseException:
+        _recover_swap(pg, target, previous, maintenance_db, marker)
+        raise
+
+
+def _recover_swap(pg, target, previous, maintenance_db, marker, retry=False, running=True):
+    """Leave no database blocked after an interrupted swap; True if the swap had committed.
+
+    Our sessions that may still run are ended first, so the state read is final.  With
+    ``retry`` the caller goes on with the swap (so a blocked target stays blocked) and
+    failures here are raised; otherwise (the caller re-raises its own error) they are
+    swallowed.
+    """
+    try:
+        if running:
+            pg.terminate_own_sessions(maintenance_db)
+        _, infos = pg.server_and_databases([target, previous], maintenance_db)
+        swapped = infos[previous] is not None and (infos[target] or {}).get("comment") == marker
+        blocked = previous if swapped else target
+        if swapped or not retry:
+            if infos[blocked] is not None and not infos[blocked]["allow_connections"]:
+                pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": blocked})
+        return swapped
+    except Exception:
+        if retry:
+            raise
+        return False
+
+
+# --------------------------------------------------------------------------- earlier runs
+
+# The target and every database named after it by a replace: {target}__pre_* (the
+# replaced database) and {target}__restore_* (the work database).
+RELATED_SQL = """
+SELECT datname, datallowconn FROM pg_database
+ WHERE datname = :'target' OR strpos(datname, '__pre_') > 0 OR strpos(datname, '__restore_') > 0
+ ORDER BY datname;
+"""
+
+RENAME_BACK_SQL = 'ALTER DATABASE :"db" RENAME TO :"target";\n'
+
+
+def _named_after(name, target, separator):
+    """Whether ``name`` is ``target + separator + ...`` (the target possibly cut short)."""
+    if separator not in name:
+        return False
+    base = name.split(separator, 1)[0]
+    if base == target:
+        return True
+    # pg_identifier cuts the target to keep the name within 63 bytes
+    return (
+        bool(base)
+        and len(name.encode("utf-8")) >= MAX_IDENTIFIER_BYTES - 3
+        and (target.startswith(base))
+    )
+
+
+def repair_interrupted(pg, target, maintenance_db, check_mode=False):
+    """Detect and repair what an interrupted replace of ``target`` left; the repairs done.
+
+    * ``target`` blocked (``datallowconn = false``): killed between blocking and renaming;
+      its connections are allowed again.
+    * ``target`` missing while exactly one ``{target}__pre_*`` is blocked: the live database
+      was renamed away without its successor in place; it is renamed back.
+    * a blocked ``{target}__pre_*``: the swap committed, the old database never got its
+      connections back; they are allowed again.
+    * ``{target}__restore_*``: a work database whose run never finished; dropped.
+
+    In check mode nothing is changed; the repairs are reported with "would".
+    """
+    rows = pg.psql(
+        RELATED_SQL,
+        maintenance_db,
+        variables={"target": target},
+        context=f" while connecting to database {maintenance_db}",
+    )
+    found = {name: allow == "t" for name, allow in rows}
+    previous = sorted(name for name in found if _named_after(name, target, "__pre_"))
+    work = sorted(name for name in found if _named_after(name, target, "__restore_"))
+    blocked_previous = [name for name in previous if not found[name]]
+    would = "would be " if check_mode else ""
+    repairs = []
+    if target in found and not found[target]:
+        repairs.append(
+            f"database {target} did not accept connections (ALLOW_CONNECTIONS false, left by an "
+            f"interrupted replace): connections {would}allowed again"
+        )
+        if not check_mode:
+            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": target})
+    if target not in found and len(blocked_previous) == 1:
+        name = blocked_previous.pop()
+        repairs.append(
+            f"database {target} was missing and {name} (the live database, renamed away by an "
+            f"interrupted replace) was blocked: {would}renamed back to {target} and opened "
+            "to connections"
+        )
+        if not check_mode:
+            pg.psql(RENAME_BACK_SQL, maintenance_db, variables={"db": name, "target": target})
+            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": target})
+    for name in blocked_previous:
+        repairs.append(
+            f"database {name} (replaced by an interrupted replace) did not accept connections: "
+            f"connections {would}allowed again"
+        )
+        if not check_mode:
+            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": name})
+    for name in work:
+        repairs.append(f"work database {name} of an interrupted restore {would}dropped")
+        if not check_mode:
+            _drop_database(pg, name, maintenance_db)
+    return repairs
+
+
+def _with_repairs(msg, repairs):
+    if not repairs:
+        return msg
+    return f"{msg}; first repaired what an interrupted earlier run left: " + "; ".join(repairs)
+
+
+def _free_previous_name(pg, target, backup_id, infos, maintenance_db):
+    """``{target}__pre_{backup_id}``, or with ``_2``, ``_3``... when an earlier replace kept it."""
+    first = pg_identifier(target, f"__pre_{backup_id}")
+    if infos.get(first) is None:
+        return first
+    candidates = [pg_identifier(target, f"__pre_{backup_id}_{n}") for n in range(2, 21)]
+    _, taken = pg.server_and_databases(candidates, maintenance_db)
+    for name in candidates:
+        if taken[name] is None:
+            return name
+    raise PgError(
+        f"databases {first} and {candidates[-1]} already exist (kept by earlier replaces from "
+        f'backup {backup_id}): drop the old copies first (DROP DATABASE "{first}"), then re-run'
+    )
+
+
+# --------------------------------------------------------------------------- state at restore
+
+# The marker, completed with the database's write counters once the restore is done.
+RECORD_WRITES_SQL = """
+SELECT :'marker' || ' writes=' || (tup_inserted + tup_updated + tup_deleted) AS marked
+  FROM pg_stat_database WHERE datname = :'db' \\gset
+COMMENT ON DATABASE :"db" IS :'marked';
+"""
+
+WRITES_SQL = (
+    "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = :'db';\n"
+)
+
+
+def marked_by(comment, marker):
+    """Whether a database COMMENT is this backup's restore marker (with or without writes)."""
+    return comment == marker or comment.startswith(marker + " writes=")
+
+
+def recorded_writes(comment, marker):
+    """The write counter the marker recorded at restore time, or None."""
+    tail = comment[len(marker) :]
+    if tail.startswith(" writes=") and tail[8:].isdigit():
+        return int(tail[8:])
+    return None
+
+
+def unchanged_since_restore(pg, target, comment, marker, manifest, params, result, maintenance_db):
+    """``(True, None)`` if ``target`` is still as restored, else ``(False, why)``.
+
+    Cheap and conservative: the server's counters of rows inserted, updated and deleted in
+    the database (pg_stat_database) must equal those recorded in the marker when the
+    restore finished, and, with verify_rows, the exact row counts must equal the manifest's.
+    Anything that resets the counters (pg_stat_reset, a crash) makes the database count
+    as changed, so it is restored again rather than wrongly left alone.
+    """
+    recorded = recorded_writes(comment, marker)
+    if recorded is None:
+        return False, "its marker does not record its write counters at restore time"
+    rows = pg.psql(WRITES_SQL, maintenance_db, variables={"db": target})
+    now = int(rows[0][0]) if rows and rows[0][0] else None
+    if now != recorded:
+        return False, (
+            f"it has been written since (rows inserted, updated or deleted per "
+            f"pg_stat_database: {recorded} when restored, {now} now)"
+        )
+    if params.get("verify_rows", True):
+        actual = pg.row_counts(target)
+        problems = compare_rows(manifest.get("row_counts") or {}, actual)
+        if problems:
+            return False, "its row counts differ from the backup's: " + "; ".join(problems[:5])
+        result["restored_rows"] = actual
+    return True, None
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _major(version):
+    """``15.4 (Debian...)`` -> (15,); ``9.6.24`` -> (9, 6); None if unreadable."""
+    match = re.match(r"\s*(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None
+    major = int(match.group(1))
+    return (major,) if major >= 10 else (major, int(match.group(2) or 0))
+
+
+def check_versions(manifest, server):
+    """Refuse a dump written by a pg_dump of a newer major version than the server."""
+    dumped, running = manifest.get("pg_dump_version"), server.get("server_version")
+    if _major(dumped) and _major(running) and _major(dumped) > _major(running):
+        raise PgError(
+            f"backup {manifest['backup_id']} was written by pg_dump {dumped}, newer than the "
+            f"target server (PostgreSQL {running}): a server reads dumps of its own major "
+            f"version or older only. Restore it into a PostgreSQL {dumped.split('.')[0]} (or "
+            "newer) server, or take the dump with the target's pg_dump; nothing was changed"
+        )

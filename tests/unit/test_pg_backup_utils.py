@@ -670,13 +670,19 @@ class FakeServer:
              ("unblock", "UNBLOCK_SQL"))  # fmt: skip
     server_and_databases = pg_session.PgContainer.server_and_databases  # the real query and parsing
 
-    def __init__(self, fail=None):
+    def __init__(self, fail=None, interrupt=None):
         self.dbs = {
             "app": {"owner": "app", "comment": "", "allow": True},
             "app__work": {"owner": "app", "comment": "", "allow": True},
         }
         self.fail = dict(fail or {})
+        # step -> exception raised once that step has been applied (the client gave up or
+        # was killed while the server had already done it)
+        self.interrupt = dict(interrupt or {})
         self.calls = []
+
+    def terminate_own_sessions(self, maintenance_db="postgres"):
+        self.calls.append("terminate")
 
     def psql(self, sql, database, variables=None, context="", timeout=None):
         v = variables or {}
@@ -704,6 +710,8 @@ class FakeServer:
                 self.dbs[v["target"]] = self.dbs.pop(v["work"])
             else:
                 self.dbs[v["db"]]["allow"] = True
+            if step in self.interrupt:
+                raise self.interrupt.pop(step)
         return []
 
 
@@ -749,6 +757,30 @@ def test_swap_that_cannot_rename_leaves_the_live_database_as_it_was():
     assert server.dbs["app"] == {"owner": "app", "comment": "", "allow": True}
     assert server.dbs["app__work"]["comment"] == "MARK"  # the caller drops it
     assert "app__pre_b1" not in server.dbs
+
+
+def test_swap_call_that_times_out_goes_through_recovery():
+    """pg_terminate_backend waits per session: the swap call times out with the target blocked."""
+    timeout = ops_errors.PgError("psql in container db did not finish within 120s swapping app")
+    server = FakeServer(interrupt={"block": timeout})
+    swap(server)
+    assert server.calls[:3] == ["mark+block+swap+unblock", "terminate", "lookup"]
+    assert_swapped(server)
+
+
+@pytest.mark.parametrize("step", ["block", "swap"])
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_killed_swap_never_leaves_a_database_blocked(step, exc_type):
+    server = FakeServer(interrupt={step: exc_type()})
+    with pytest.raises(exc_type):
+        swap(server)
+    assert "terminate" in server.calls
+    assert all(db["allow"] for db in server.dbs.values()), server.dbs
+    if step == "swap":  # renamed before the kill: only the connections were given back
+        assert_swapped(server)
+    else:
+        assert server.dbs["app"]["comment"] == ""
+        assert "app__pre_b1" not in server.dbs
 
 
 def test_dump_pipe_is_widened_to_one_chunk():
