@@ -133,6 +133,14 @@ options:
     description: Database to connect to for C(CREATE), C(ALTER) and C(DROP DATABASE).
     type: str
     default: postgres
+  repair_only:
+    description:
+      - Only repair what an interrupted earlier replace of O(database) left (see the description)
+        and return; O(path) is not read. C(changed) says whether anything was repaired. The
+        restore role runs this before its safety backup, which cannot connect to a blocked
+        database.
+    type: bool
+    default: false
   verified:
     description:
       - The RV(verification.backup) result of an earlier run of this module on the same O(path),
@@ -284,7 +292,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
-from ansible.module_utils.pg_restore import run_restore
+from ansible.module_utils.pg_restore import run_repair, run_restore
 from ansible.module_utils.pg_session import CONNECTION_ARGUMENT_SPEC
 
 ARGUMENT_SPEC = {
@@ -301,6 +309,7 @@ ARGUMENT_SPEC = {
     "decrypt_identity_file": {"type": "path"},
     "maintenance_db": {"type": "str", "default": "postgres"},
     "verified": {"type": "dict"},
+    "repair_only": {"type": "bool", "default": False},
 }
 
 
@@ -313,7 +322,8 @@ def main():
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     try:
-        result = run_restore(module.params, check_mode=module.check_mode)
+        run = run_repair if module.params["repair_only"] else run_restore
+        result = run(module.params, check_mode=module.check_mode)
     except OpsError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

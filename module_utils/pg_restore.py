@@ -334,6 +334,26 @@ def run_restore(params, check_mode=False):
     return result
 
 
+def run_repair(params, check_mode=False):
+    """Only repair what an interrupted earlier replace of the database left (repair_only)."""
+    started = time.monotonic()
+    target = params["database"]
+    pg = PgContainer.from_params(params)
+    pg.check_running()
+    repairs = repair_interrupted(pg, target, params.get("maintenance_db") or "postgres", check_mode)
+    return {
+        "changed": bool(repairs),
+        "database": target,
+        "repairs": repairs,
+        "msg": (
+            "; ".join(repairs)
+            if repairs
+            else f"nothing left by an interrupted replace of database {target}"
+        ),
+        "duration_seconds": round(time.monotonic() - started, 3),
+    }
+
+
 class _Laps:
     """Seconds per phase of a run: ``laps(name)`` records the time since the previous lap."""
 

@@ -727,6 +727,15 @@ def test_rerun_repairs_what_a_killed_replace_left_and_says_so(pg, tmp_path):
     assert allows_connections("blk__pre_k1")
     # a backup of the repaired database works again (the role's safety backup)
     assert_ok(backup(tmp_path / "after", "k2", database="blk"), changed=True)
+    # repair_only (the role, before its safety backup): check mode reports, then repairs
+    psql("postgres", "ALTER DATABASE blk WITH ALLOW_CONNECTIONS false;")
+    planned = restore(taken["path"], "blk", check=True, repair_only=True)
+    assert_ok(planned, changed=True)
+    assert "would be allowed again" in planned["msg"], planned["msg"]
+    assert not allows_connections("blk")
+    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=True)
+    assert allows_connections("blk")
+    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=False)
 
 
 def test_restore_again_when_the_database_changed_since(pg, tmp_path):
