@@ -222,7 +222,7 @@ step_dockerhost_image() {
   [ -n "$bin" ] || bin=$(docker info -f '{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Path}}{{end}}{{end}}')
   [ -x "$bin" ] || die "no docker-compose binary to put into the Docker host image" "re-run step 1"
   ctx=$(mktemp -d)
-  cp "$ROOT/molecule/shared/dockerhost/Dockerfile" "$ctx/"
+  cp -R "$ROOT/molecule/shared/dockerhost/." "$ctx/"
   cp "$bin" "$ctx/docker-compose"
   build_image "$DOCKERHOST_IMAGE" "$ctx"
   rm -rf "$ctx"

@@ -49,19 +49,18 @@ def run(argv: list[str], timeout: float = 600, **kwargs) -> subprocess.Completed
     return proc
 
 
-# Tests that use this machine's Docker engine share it and its 127.0.0.1 ports: under
-# pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh) they form one group, run one after
-# another on one worker, while lint and unit tests spread over the other worker.
+# Tests that use this machine's Docker engine request the docker_ready fixture (directly or
+# through their own fixtures). They share the engine and its 127.0.0.1 ports: under
+# pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh) they form one group and run one
+# after another on one worker, while the other tests (lint, unit, moto-only) spread over the
+# other worker.
 ENGINE_GROUP = "docker-engine"
-ENGINE_DIRS = ("integration", "molecule")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        folder = Path(str(item.path)).parent
-        in_engine_dir = folder.parent == ROOT / "tests" and folder.name in ENGINE_DIRS
-        if in_engine_dir or "docker_ready" in getattr(item, "fixturenames", ()):
+        if "docker_ready" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
 
 

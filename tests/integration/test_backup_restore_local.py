@@ -4,12 +4,10 @@ confirmation, unknown or corrupted backup), each with a clear error and nothing 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -156,22 +154,6 @@ def test_unknown_backup_id_lists_what_exists(stack, tmp_path):
     assert "it-1" in message
 
 
-def test_replace_restores_deleted_rows_and_reruns_unchanged(stack, tmp_path):
-    psql_exec("DELETE FROM notes WHERE id > 100")
-    result, failures = play(
-        stack, tmp_path / "a", "restore.yml",
-        restore_backup_id="it-1", restore_mode="replace", restore_confirm="appdb",
-    )  # fmt: skip
-    assert result.rc == 0, failures
-    assert psql_exec("SELECT count(*) FROM notes") == "500"
-    result, failures = play(
-        stack, tmp_path / "b", "restore.yml",
-        restore_backup_id="it-1", restore_mode="replace", restore_confirm="appdb",
-    )  # fmt: skip
-    assert result.rc == 0, failures
-    assert result.stats["changed"].get("localhost", 0) == 0, result.stats
-
-
 def test_corrupted_backup_is_refused_before_touching_the_database(stack, tmp_path):
     result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-corrupt")
     assert result.rc == 0, failures
@@ -235,23 +217,6 @@ def test_encrypted_set_backup_then_replace_restore(stack, tmp_path):
     assert "not read again" in restored["verification"]["backup"]["reused"]
 
 
-def test_restore_drill_restores_into_a_throwaway_container(stack, tmp_path):
-    result, failures = play(
-        stack, tmp_path, "restore_drill.yml",
-        restore_backup_id="it-1", restore_drill_container="opsauto-it-drill",
-    )  # fmt: skip
-    assert result.rc == 0, failures
-    reports = [
-        e["event_data"]["res"]["msg"]
-        for e in result.events
-        if e.get("event") == "runner_on_ok" and "Restore drill PASSED" in str(e["event_data"])
-    ]
-    assert reports, "no drill report"
-    assert "row counts match the manifest" in reports[0]
-    left = run(["docker", "ps", "-a", "--filter", "name=opsauto-it-drill", "-q"]).stdout
-    assert left.strip() == ""
-
-
 def s3_vars(endpoint: str, bucket: str) -> dict:
     return {
         "stack_backup_s3_bucket": bucket,
@@ -297,43 +262,3 @@ def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
     assert meta["verified"] is True
     flag = (stack[0] / "metrics" / "opsauto_backup_offsite.prom").read_text()
     assert 'opsauto_backup_offsite_success{project="opsauto-it-backup"} 0' in flag
-
-
-def test_scheduled_backup_runs_through_ansible_runner_one_at_a_time(stack, tmp_path):
-    base, common = stack
-    sched = {
-        "backup_schedule_data_dir": str(tmp_path / "runner"),
-        "backup_schedule_log_dir": str(tmp_path / "logs"),
-        "backup_schedule_cron_file": "opsauto-backup-it",
-        "backup_schedule_wrapper": str(tmp_path / "scheduled-backup"),
-        "backup_schedule_hour": "2",
-        "backup_schedule_extra_vars": {**common, "backup_id": "it-sched"},
-    }
-    cron_file = Path("/etc/cron.d/opsauto-backup-it")
-    try:
-        result, failures = play(stack, tmp_path / "a", "schedule_backups.yml", **sched)
-        assert result.rc == 0, failures
-        assert f"15 2 * * * root {tmp_path}/scheduled-backup" in cron_file.read_text()
-        again, _ = play(stack, tmp_path / "b", "schedule_backups.yml", **sched)
-        assert again.stats["changed"].get("localhost", 0) == 0, again.stats
-
-        proc = run([str(tmp_path / "scheduled-backup")], timeout=900)
-        logs = list((tmp_path / "logs").glob("backup-*.log"))
-        assert proc.returncode == 0, logs[0].read_text()[-3000:] if logs else proc.stderr
-        assert len(logs) == 1
-        assert logs[0].read_text().rstrip().endswith("exit status 0")
-        assert json.loads((base / "backups" / "it-sched" / "SET.json").read_text())["verified"]
-        assert len(list((tmp_path / "runner" / "artifacts").iterdir())) == 1
-
-        with open(tmp_path / "runner" / ".lock", "w") as held:  # a run in progress
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            blocked = run([str(tmp_path / "scheduled-backup")], timeout=60)
-        assert blocked.returncode == 75
-        assert "skipped" in (tmp_path / "logs" / "skipped.log").read_text()
-    finally:
-        result, failures = play(
-            stack, tmp_path / "c", "schedule_backups.yml", backup_schedule_state="absent", **sched
-        )
-    assert result.rc == 0, failures
-    assert "opsauto scheduled backup" not in (cron_file.read_text() if cron_file.exists() else "")
-    cron_file.unlink(missing_ok=True)

@@ -34,3 +34,8 @@ def test_scheduled_run_left_a_verified_set_on_the_docker_host(host):
 def test_no_secret_in_the_run_log():
     text = next((CONTROL / "logs").glob("backup-*.log")).read_text()
     assert "molecule-db-password-1" not in text
+
+
+def test_a_run_while_another_holds_the_lock_skipped_and_said_so():
+    # side_effect ran the wrapper a second time under a held lock; it exited 75 (asserted there)
+    assert "skipped" in (CONTROL / "logs" / "skipped.log").read_text()

@@ -1,4 +1,5 @@
-"""Verify the restores (new and replace) and the restore drill on the Molecule Docker host."""
+"""Verify the restores (new and replace, converge) and the restore drill (side_effect) on the
+Molecule Docker host."""
 
 import json
 import sys
@@ -59,7 +60,17 @@ def test_backend_healthy_after_replace(host):
 
 
 def test_drill_ran_and_cleaned_up(host):
+    # the drill writes its metrics only after pg_backup_restore matched the restored row counts
+    # against the manifest; "latest" is the newest set, the scheduled run's
     text = host.file("/var/lib/prometheus/node-exporter/opsauto_restore_drill.prom").content_string
-    assert "opsauto_restore_drill_duration_seconds" in text
+    metrics = {
+        line.split("{")[0]: (line.split("{")[1].split("}")[0], float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    labels, seconds = metrics["opsauto_restore_drill_duration_seconds"]
+    assert 'backup_id="molecule-scheduled"' in labels, text
+    assert seconds > 0, text
+    assert metrics["opsauto_restore_drill_last_success_timestamp_seconds"][1] > 1.7e9, text
     leftovers = host.check_output("docker ps -a --filter name=restore-drill --format '{{.Names}}'")
     assert leftovers.strip() == ""
