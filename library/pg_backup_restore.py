@@ -38,6 +38,12 @@ description:
     in the server, then looks up the state. A swap that committed only gets the old database's
     connections back, otherwise the target gets them back and the work database is dropped.
     A C(SIGKILL) runs nothing; the next run's repair covers it.
+  - Before a replace (in check mode too), the server's volume must have room for a second copy
+    of the database. C(pg_database_size) of the target plus 10% must be free in its data
+    directory (C(data_directory), or C($PGDATA) for a role that may not read it), as C(df)
+    reports it inside the container. Otherwise the module fails before anything is changed,
+    naming the space needed, the space free and where (RV(space)). Tablespaces other than the
+    default are not measured.
   - A dump whose manifest records a C(pg_dump) of a newer major version than the target server
     is refused before anything is changed, naming both versions (a server reads dumps of its own
     major version or older only).
@@ -244,6 +250,18 @@ previous_database:
   returned: always
   type: str
   sample: app__pre_nightly-2024-05-02
+space:
+  description:
+    - With O(mode=replace) over an existing database, the free space check in bytes
+      (C(needed), C(free), C(database_size)) and C(where) (the data directory measured); or
+      C(skipped) with the reason when C(df) could not be run in the container.
+  returned: when a database is replaced
+  type: dict
+  sample:
+    needed: 9227468
+    free: 51539607552
+    where: /var/lib/postgresql/data
+    database_size: 8388608
 repairs:
   description:
     - What an interrupted earlier run had left and this run repaired first (with "would be" in

@@ -255,6 +255,8 @@ def run_restore(params, check_mode=False):
     previous = (
         _free_previous_name(pg, target, backup_id, infos, maintenance_db) if replacing else None
     )
+    if replacing:
+        result["space"] = check_free_space(pg, target, maintenance_db)
     if check_mode:
         if replacing:
             action = (
@@ -707,6 +709,59 @@ def unchanged_since_restore(pg, target, comment, marker, manifest, params, resul
             return False, "its row counts differ from the backup's: " + "; ".join(problems[:5])
         result["restored_rows"] = actual
     return True, None
+
+
+# --------------------------------------------------------------------------- free space
+
+# data_directory is NULL for a role that may not read it (not a superuser): then $PGDATA.
+SPACE_SQL = "SELECT pg_database_size(:'db'), current_setting('data_directory', true);\n"
+DF_PGDATA = 'd="${PGDATA:-/var/lib/postgresql/data}"; df -P -k "$d" && echo "$d"'
+
+
+# Room kept beyond the copy itself: the WAL the restore writes, indexes built meanwhile.
+SPACE_MARGIN = 0.10
+
+
+def _size(count):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"  # pragma: no cover
+
+
+def check_free_space(pg, target, maintenance_db):
+    """Refuse a replace without room for a second copy of ``target`` beside it.
+
+    The copy is restored next to the live database on the server's volume: it needs about
+    ``pg_database_size(target)`` (plus a margin) free in the data directory, as ``df``
+    reports it inside the container.  Returns ``{needed, free, where}``.
+    """
+    rows = pg.psql(
+        SPACE_SQL, maintenance_db, variables={"db": target}, context=" measuring free space"
+    )
+    size, where = int(rows[0][0]), rows[0][1]
+    try:
+        if where:
+            out = pg.run(["df", "-P", "-k", where], context=" measuring free space").decode()
+            lines = out.strip().splitlines()
+        else:
+            out = pg.run(["sh", "-c", DF_PGDATA], context=" measuring free space").decode()
+            lines = out.strip().splitlines()
+            where = lines.pop()
+        free = int(lines[-1].split()[3]) * 1024
+    except (CommandError, IndexError, ValueError) as exc:
+        return {"skipped": f"free space could not be measured in container {pg.container}: {exc}"}
+    needed = int(size * (1 + SPACE_MARGIN))
+    if free < needed:
+        raise PgError(
+            f"not enough free space for a replace of database {target}: it needs about "
+            f"{_size(needed)} ({target} is {_size(size)}, restored beside it, plus "
+            f"{SPACE_MARGIN:.0%}), and {_size(free)} is free on {where} in container "
+            f"{pg.container}. Nothing was changed; free space on that volume (a kept "
+            f"{target}__pre_* database can be dropped) or grow it, then re-run"
+        )
+    return {"needed": needed, "free": free, "where": where, "database_size": size}
 
 
 # --------------------------------------------------------------------------- versions

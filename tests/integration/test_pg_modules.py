@@ -749,7 +749,11 @@ def test_restore_again_when_the_database_changed_since(pg, tmp_path):
     psql("chg_copy", "UPDATE items SET name = 'changed' WHERE id = 7;")
     result = restore(taken["path"], "chg_copy", mode="replace")
     assert_ok(result, changed=True)
+    assert "written since" in result["msg"], result["msg"]
     assert table_rows("chg_copy", "items") == original
+    space = result["space"]  # the free space check before the replace, with its figures
+    assert space["where"] == "/var/lib/postgresql/data"
+    assert space["free"] > space["needed"] > space["database_size"] > 0
     assert_ok(restore(taken["path"], "chg_copy", mode="replace"), changed=False)
     # changed again: the previous copy of the first replace is kept, the next gets a new name
     psql("chg_copy", "DELETE FROM items WHERE id > 119;")

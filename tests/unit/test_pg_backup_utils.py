@@ -783,6 +783,45 @@ def test_killed_swap_never_leaves_a_database_blocked(step, exc_type):
         assert "app__pre_b1" not in server.dbs
 
 
+class SpaceServer:
+    """psql answers pg_database_size and data_directory; ``df`` answers the free space."""
+
+    def __init__(self, size, free_kib):
+        self.size, self.free_kib, self.container = size, free_kib, "db"
+
+    def psql(self, sql, database, variables=None, context="", timeout=None):
+        assert sql == pg_restore.SPACE_SQL
+        return [[str(self.size), "/var/lib/postgresql/data"]]
+
+    def run(self, command, **kwargs):
+        assert command == ["df", "-P", "-k", "/var/lib/postgresql/data"]
+        return (
+            "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+            f"/dev/sdb 10485760 123 {self.free_kib} 1% /var/lib/postgresql/data\n"
+        ).encode()
+
+
+def test_replace_without_room_for_a_second_copy_is_refused_with_the_figures():
+    server = SpaceServer(size=1000 * 1024 * 1024, free_kib=1000 * 1024)  # 1000 MiB, 1000 MiB
+    with pytest.raises(ops_errors.PgError) as raised:
+        pg_restore.check_free_space(server, "app", "postgres")
+    message = str(raised.value)
+    assert "needs about 1.1 GiB (app is 1000.0 MiB" in message
+    assert "1000.0 MiB is free on /var/lib/postgresql/data" in message
+    assert "Nothing was changed" in message
+
+
+def test_replace_with_room_reports_needed_free_and_where():
+    server = SpaceServer(size=100 * 1024 * 1024, free_kib=1024 * 1024)
+    space = pg_restore.check_free_space(server, "app", "postgres")
+    assert space == {
+        "needed": 110 * 1024 * 1024,
+        "free": 1024 * 1024 * 1024,
+        "where": "/var/lib/postgresql/data",
+        "database_size": 100 * 1024 * 1024,
+    }
+
+
 def test_dump_pipe_is_widened_to_one_chunk():
     read, write = os.pipe()
     try:
