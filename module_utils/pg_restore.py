@@ -599,7 +599,11 @@ def repair_interrupted(pg, target, maintenance_db, check_mode=False):
     )
     found = {name: allow == "t" for name, allow in rows}
     previous = sorted(name for name in found if _named_after(name, target, "__pre_"))
-    work = sorted(name for name in found if _named_after(name, target, "__restore_"))
+    work = sorted(
+        name
+        for name in found
+        if _named_after(name, target, "__restore_") and re.search(r"__restore_[0-9a-f]{8}$", name)
+    )
     blocked_previous = [name for name in previous if not found[name]]
     would = "would be " if check_mode else ""
     repairs = []

@@ -783,6 +783,45 @@ def test_killed_swap_never_leaves_a_database_blocked(step, exc_type):
         assert "app__pre_b1" not in server.dbs
 
 
+class LeftoverServer:
+    """Answers the lookup of databases named after the target; records what is changed."""
+
+    def __init__(self, rows):
+        self.rows, self.done = rows, []
+
+    def psql(self, sql, database, variables=None, context="", timeout=None):
+        if sql == pg_restore.RELATED_SQL:
+            return self.rows
+        self.done.append((sql.split()[0], sql.split()[-1].rstrip(";"), dict(variables)))
+        return []
+
+
+def test_repair_reopens_blocked_databases_and_drops_only_work_databases():
+    server = LeftoverServer([["app", "f"], ["app__pre_b1", "f"], ["app__pre_b0", "t"],
+                             ["app__restore_0123abcd", "t"], ["app__restore_notes", "t"],
+                             ["apple__pre_x", "f"]])  # fmt: skip
+    repairs = pg_restore.repair_interrupted(server, "app", "postgres")
+    assert [(verb, v.get("db")) for verb, _, v in server.done] == [
+        ("ALTER", "app"),
+        ("ALTER", "app__pre_b1"),
+        ("DROP", "app__restore_0123abcd"),
+    ]
+    assert len(repairs) == 3
+    assert "database app did not accept connections" in repairs[0]
+    checked = LeftoverServer(server.rows)
+    assert len(pg_restore.repair_interrupted(checked, "app", "postgres", check_mode=True)) == 3
+    assert checked.done == []
+
+
+def test_repair_renames_back_a_live_database_renamed_away_without_its_successor():
+    server = LeftoverServer([["app__pre_b1", "f"], ["app__pre_b0", "t"]])
+    repairs = pg_restore.repair_interrupted(server, "app", "postgres")
+    assert server.done[0][2] == {"db": "app__pre_b1", "target": "app"}
+    assert "RENAME" in pg_restore.RENAME_BACK_SQL
+    assert server.done[1][2] == {"db": "app"}
+    assert "renamed back to app" in repairs[0]
+
+
 class SpaceServer:
     """psql answers pg_database_size and data_directory; ``df`` answers the free space."""
 
