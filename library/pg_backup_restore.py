@@ -17,8 +17,9 @@ description:
   - Idempotent. A database restored by this module carries the COMMENT
     C(opsauto-restore backup_id=<id> sha256=<sha256> writes=<n>), where C(n) is the server's
     count of rows inserted, updated and deleted in that database (C(pg_stat_database)
-    C(tup_inserted + tup_updated + tup_deleted)) when the restore finished. When the target
-    database carries the marker of this backup, that counter is unchanged and (with
+    C(tup_inserted + tup_updated + tup_deleted)), read once the restore's sessions have ended and
+    before the swap, so no application write after the swap is taken for part of the restore.
+    When the target database carries the marker of this backup, that counter is unchanged and (with
     O(verify_rows)) its exact row counts equal the manifest's, nothing is done and
     C(changed=false). A database written since (an C(UPDATE) keeps the row counts but moves the
     counter) is restored again. The counter is cheap to read and only grows; anything that resets

@@ -302,11 +302,15 @@ def run_restore(params, check_mode=False):
                 )
             result["restored_rows"] = actual
             result["verification"]["rows"] = "exact match with the manifest's row counts"
+        # what the database looks like once restored, in its marker: a later run restores
+        # again if it was written since (read before the swap, so no application write
+        # after the swap is taken for part of the restore)
+        full_marker = f"{marker} writes={database_writes(pg, work_db, maintenance_db)}"
         if replacing:
-            _swap(pg, target, work_db, previous, maintenance_db, marker)
+            _swap(pg, target, work_db, previous, maintenance_db, full_marker)
             swapped = True
         else:
-            pg.psql(MARK_SQL, maintenance_db, variables={"work": work_db, "marker": marker})
+            pg.psql(MARK_SQL, maintenance_db, variables={"work": work_db, "marker": full_marker})
         laps("swap_seconds")
     except BaseException:
         if not swapped:
@@ -315,9 +319,6 @@ def run_restore(params, check_mode=False):
             with contextlib.suppress(Exception):
                 _drop_database(pg, work_db, maintenance_db)
         raise
-    # what the database looked like when restored: a later run restores again if it changed
-    with contextlib.suppress(PgError):
-        pg.psql(RECORD_WRITES_SQL, maintenance_db, variables={"db": target, "marker": marker})
     if replacing:
         if params.get("keep_previous", True):
             result["previous_database"] = previous
@@ -662,16 +663,26 @@ def _free_previous_name(pg, target, backup_id, infos, maintenance_db):
 
 # --------------------------------------------------------------------------- state at restore
 
-# The marker, completed with the database's write counters once the restore is done.
-RECORD_WRITES_SQL = """
-SELECT :'marker' || ' writes=' || (tup_inserted + tup_updated + tup_deleted) AS marked
-  FROM pg_stat_database WHERE datname = :'db' \\gset
-COMMENT ON DATABASE :"db" IS :'marked';
+# The sessions connected to a database, then (a later transaction: it sees what those
+# sessions flushed when they ended) its counters of rows inserted, updated and deleted.
+WRITES_SQL = """
+SELECT count(*) FROM pg_stat_activity WHERE datname = :'db' AND backend_type = 'client backend';
+SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = :'db';
 """
 
-WRITES_SQL = (
-    "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = :'db';\n"
-)
+
+def database_writes(pg, database, maintenance_db, wait=5.0):
+    """The server's count of rows written in ``database``, once its sessions have ended.
+
+    A session hands its counts to the server when it ends, before it leaves
+    pg_stat_activity: with no session left, the count includes the restore's.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        (sessions,), (writes,) = pg.psql(WRITES_SQL, maintenance_db, variables={"db": database})
+        if int(sessions) == 0 or time.monotonic() > deadline:
+            return int(writes)
+        time.sleep(0.1)
 
 
 def marked_by(comment, marker):
@@ -692,15 +703,15 @@ def unchanged_since_restore(pg, target, comment, marker, manifest, params, resul
 
     Cheap and conservative: the server's counters of rows inserted, updated and deleted in
     the database (pg_stat_database) must equal those recorded in the marker when the
-    restore finished, and, with verify_rows, the exact row counts must equal the manifest's.
+    restore was loaded (before the swap), and, with verify_rows, the exact row counts
+    must equal the manifest's.
     Anything that resets the counters (pg_stat_reset, a crash) makes the database count
     as changed, so it is restored again rather than wrongly left alone.
     """
     recorded = recorded_writes(comment, marker)
     if recorded is None:
         return False, "its marker does not record its write counters at restore time"
-    rows = pg.psql(WRITES_SQL, maintenance_db, variables={"db": target})
-    now = int(rows[0][0]) if rows and rows[0][0] else None
+    now = database_writes(pg, target, maintenance_db, wait=0)
     if now != recorded:
         return False, (
             f"it has been written since (rows inserted, updated or deleted per "
