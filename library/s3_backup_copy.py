@@ -12,9 +12,22 @@ description:
     C(s3://bucket/prefix/), SET.json last, with Content-MD5 on every request and the file's
     sha256 in the object's metadata; after each upload the object's size and ETag must
     match what was computed locally, or the task fails (the local set is never changed).
-  - O(direction=download) copies the objects under C(prefix/) into a local directory through
-    partial files, checks each against its sha256 metadata, then renames it into place.
-  - Files already present on the other side with the same size and sha256 are skipped.
+  - With O(sse=aws:kms) the ETag is not an MD5 of the content, so every request also carries
+    S3's SHA-256 checksum and the object's C(ChecksumSHA256) (HEAD in checksum mode) must
+    match the one computed locally instead.
+  - O(object_lock_days) retains every uploaded object for that many days (O(object_lock_mode));
+    the bucket must have Object Lock enabled, checked before anything is uploaded.
+  - O(direction=download) first refuses any key whose name in the set is empty or absolute, or
+    has an empty, C(.) or C(..) segment, a backslash or a NUL byte, or would be written
+    outside O(set_dir) through a symbolic link; nothing is written then. It reads SET.json
+    from the bucket and checks every file against the sha256 recorded there (not the object
+    metadata, which anyone who can write to the bucket controls), and each dump's manifest
+    against SET.json's description of the dump; objects SET.json does not describe are not
+    downloaded (RV(ignored), with a warning). Files go through partial files, are checked,
+    then renamed into place; SET.json, the bytes that were checked, is written last.
+  - Files already present on the other side with the expected content are skipped.
+  - SET.json itself is trusted as found in the bucket; see docs/offsite.md for protecting the
+    bucket from a host that is compromised.
   - Single PUT up to O(part_size_mb); above that a multipart upload of fixed-size parts.
 options:
   direction:
@@ -53,6 +66,24 @@ options:
     type: str
     choices: [AES256, "aws:kms", none]
     default: AES256
+  kms_key_id:
+    description:
+      - KMS key (id, ARN or alias) for O(sse=aws:kms); default the bucket's or S3's own key.
+    type: str
+  object_lock_days:
+    description:
+      - Retain every uploaded object for this many days (S3 Object Lock); 0 sets no retention.
+      - The bucket must have Object Lock enabled, or the upload is refused before it starts.
+      - Objects already in the bucket (skipped) keep the retention they have.
+    type: int
+    default: 0
+  object_lock_mode:
+    description:
+      - V(GOVERNANCE) can be lifted by a principal allowed s3:BypassGovernanceRetention;
+        V(COMPLIANCE) by nobody, the root account included, until the date passes.
+    type: str
+    choices: [GOVERNANCE, COMPLIANCE]
+    default: GOVERNANCE
   part_size_mb:
     description: Files larger than this go up as multipart uploads of parts of this size.
     type: int
@@ -84,6 +115,15 @@ EXAMPLES = r"""
     set_dir: /var/backups/fastapi-monolith/20261128T030000Z
     bucket: acme-db-backups
     prefix: fastapi-monolith/20261128T030000Z
+
+- name: Copy the set off-site under SSE-KMS, retained for 35 days
+  s3_backup_copy:
+    set_dir: /var/backups/fastapi-monolith/20261128T030000Z
+    bucket: acme-db-backups-locked
+    prefix: fastapi-monolith/20261128T030000Z
+    sse: aws:kms
+    kms_key_id: alias/db-backups
+    object_lock_days: 35
 """
 
 RETURN = r"""
@@ -94,6 +134,11 @@ transferred:
   elements: str
 skipped:
   description: Keys already identical on the other side.
+  returned: always
+  type: list
+  elements: str
+ignored:
+  description: Keys under the prefix that SET.json does not describe, not downloaded.
   returned: always
   type: list
   elements: str
@@ -139,6 +184,13 @@ def main() -> None:
             "secret_key": {"type": "str", "no_log": True},
             "sse": {"type": "str", "choices": ["AES256", "aws:kms", "none"], "default": "AES256"},
             "part_size_mb": {"type": "int", "default": 16},
+            "kms_key_id": {"type": "str"},
+            "object_lock_days": {"type": "int", "default": 0},
+            "object_lock_mode": {
+                "type": "str",
+                "choices": ["GOVERNANCE", "COMPLIANCE"],
+                "default": "GOVERNANCE",
+            },
         },
         required_together=[["access_key", "secret_key"]],
         supports_check_mode=True,
@@ -148,6 +200,10 @@ def main() -> None:
     params = module.params
     if params["part_size_mb"] < 5:
         module.fail_json(msg="part_size_mb must be 5 or more (S3's smallest multipart part).")
+    if params["object_lock_days"] < 0:
+        module.fail_json(msg="object_lock_days must be 0 (no retention) or more.")
+    if params["kms_key_id"] and params["sse"] != "aws:kms":
+        module.fail_json(msg="kms_key_id applies to sse=aws:kms only: set sse or drop the key.")
     prefix = params["prefix"].strip("/")
     try:
         client = client_for(params)
@@ -160,6 +216,9 @@ def main() -> None:
                 params["part_size_mb"] * 1024 * 1024,
                 None if params["sse"] == "none" else params["sse"],
                 dry_run=module.check_mode,
+                kms_key_id=params["kms_key_id"],
+                lock_days=params["object_lock_days"],
+                lock_mode=params["object_lock_mode"],
             )
             moved = result["uploaded"]
         else:
@@ -169,8 +228,18 @@ def main() -> None:
             moved = result["downloaded"]
     except (TransferError, OpsError) as exc:
         module.fail_json(msg=str(exc))
+    ignored = result.get("ignored", [])
+    if ignored:
+        module.warn(
+            f"Not downloaded, as SET.json does not describe them: {', '.join(ignored)}. "
+            "Find out who wrote them to the bucket."
+        )
     module.exit_json(
-        changed=bool(moved), transferred=moved, skipped=result["skipped"], bytes=result["bytes"]
+        changed=bool(moved),
+        transferred=moved,
+        skipped=result["skipped"],
+        ignored=ignored,
+        bytes=result["bytes"],
     )
 
 
