@@ -176,21 +176,16 @@ events:
 """
 
 import datetime
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
-    import boto3
-
-    HAS_BOTO3 = True
-except ImportError:
-    HAS_BOTO3 = False
 
 from ansible.module_utils.aws_preflight import run_checks, verdict
 from ansible.module_utils.aws_runbook import pick, tag_db_instance, wait_ready
 from ansible.module_utils.ops_errors import OpsError
-from ansible.module_utils.rds_api import RdsApi, make_client
+from ansible.module_utils.rds_api import (
+    AWS_CONNECTION_ARGUMENT_SPEC,
+    RdsApi,
+    aws_module,
+    module_client,
+)
 from ansible.module_utils.rds_waits import Poller
 
 ARGUMENT_SPEC = {
@@ -215,13 +210,7 @@ ARGUMENT_SPEC = {
     "tags": {"type": "dict", "default": {}},
     "wait_timeout": {"type": "int", "default": 900},
     "poll_interval": {"type": "int", "default": 10},
-    # Connection (doc_fragments/aws_connection.py)
-    "region": {"type": "str"},
-    "profile": {"type": "str"},
-    "endpoint_url": {"type": "str"},
-    "access_key": {"type": "str", "no_log": True},
-    "secret_key": {"type": "str", "no_log": True},
-    "session_token": {"type": "str", "no_log": True},
+    **AWS_CONNECTION_ARGUMENT_SPEC,  # documented by doc_fragments/aws_connection.py
 }
 
 
@@ -230,7 +219,7 @@ def run(module, params):
     region = params["region"]
 
     def client(service, where=region, attempts=5):
-        return make_client(boto3, params, where, service, attempts)
+        return module_client(params, where, service, attempts)
 
     if action == "preflight":
         checks = run_checks(client, region, params)
@@ -290,25 +279,14 @@ def run(module, params):
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_if=[
+    module, params = aws_module(
+        ARGUMENT_SPEC,
+        [
             ("action", "pick_snapshot", ("db_instance_identifier", "source_region")),
             ("action", "instance_ready", ("instance_id",)),
             ("action", "tag_db_instance", ("db_instance_identifier",)),
         ],
-        required_together=[("access_key", "secret_key")],
-        mutually_exclusive=[("profile", "access_key")],
-        supports_check_mode=True,
     )
-    if not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"))
-    params = dict(module.params)
-    params["region"] = (
-        params["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    )
-    if not params["region"]:
-        module.fail_json(msg="no AWS region: set region (or AWS_REGION for the task)")
     try:
         result = run(module, params)
     except OpsError as exc:

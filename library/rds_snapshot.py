@@ -354,20 +354,14 @@ instance:
       returned: always
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
-    import boto3
-
-    HAS_BOTO3 = True
-except ImportError:
-    HAS_BOTO3 = False
-
 from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.rds_actions import SnapshotRunbook
-from ansible.module_utils.rds_api import RdsApi, make_client
+from ansible.module_utils.rds_api import (
+    AWS_CONNECTION_ARGUMENT_SPEC,
+    RdsApi,
+    aws_module,
+    module_client,
+)
 
 ARGUMENT_SPEC = {
     "state": {
@@ -400,13 +394,7 @@ ARGUMENT_SPEC = {
     "allocated_storage": {"type": "int"},
     "backup_retention_days": {"type": "int"},
     "allow_disable_pitr": {"type": "bool", "default": False},
-    # Connection (doc_fragments/aws_connection.py)
-    "region": {"type": "str"},
-    "profile": {"type": "str"},
-    "endpoint_url": {"type": "str"},
-    "access_key": {"type": "str", "no_log": True},
-    "secret_key": {"type": "str", "no_log": True},
-    "session_token": {"type": "str", "no_log": True},
+    **AWS_CONNECTION_ARGUMENT_SPEC,  # documented by doc_fragments/aws_connection.py
 }
 
 
@@ -430,9 +418,9 @@ def restore_source_problem(params):
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_if=[
+    module, params = aws_module(
+        ARGUMENT_SPEC,
+        [
             ("state", "present", ("snapshot_identifier", "db_instance_identifier")),
             ("state", "copied", ("snapshot_identifier", "source_snapshot_identifier")),
             ("state", "absent", ("snapshot_identifier",)),
@@ -440,26 +428,14 @@ def main() -> None:
             ("state", "restored", ("target_db_instance_identifier",)),
             ("state", "configured", ("db_instance_identifier", "backup_retention_days")),
         ],
-        required_together=[("access_key", "secret_key")],
-        mutually_exclusive=[("profile", "access_key")],
-        supports_check_mode=True,
     )
-    if not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"))
-
-    params = dict(module.params)
-    params["region"] = (
-        params["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    )
-    if not params["region"]:
-        module.fail_json(msg="no AWS region: set region (or AWS_REGION for the task)")
     problem = restore_source_problem(params)
     if problem:
         module.fail_json(msg=problem)
     runbook = None
     try:
         runbook = SnapshotRunbook(
-            lambda region: RdsApi(make_client(boto3, params, region), region),
+            lambda region: RdsApi(module_client(params, region), region),
             params,
             check_mode=module.check_mode,
         )

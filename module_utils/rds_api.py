@@ -1,6 +1,7 @@
 """Amazon RDS through boto3: clients, reads, and AWS errors turned into clear messages.
 
-Used by library/rds_snapshot.py through module_utils/rds_actions.py. Every call the
+Used by library/rds_snapshot.py through module_utils/rds_actions.py, and by
+library/aws_runbook.py. Every call the
 project makes to RDS goes through :class:`RdsApi`, so one place decides how a botocore
 error reads for the operator: what AWS refused, why, and what fixes it.
 
@@ -11,6 +12,14 @@ botocore client wrapped in ``botocore.stub.Stubber``.
 from __future__ import annotations
 
 from ansible.module_utils.ops_errors import OpsError
+
+try:
+    import boto3
+
+    HAS_BOTO3 = True
+except ImportError:  # reported by aws_module through missing_required_lib
+    boto3 = None
+    HAS_BOTO3 = False
 
 try:
     from botocore.exceptions import (
@@ -58,6 +67,51 @@ class WaitTimeout(RdsError):
     def __init__(self, message, last=None):
         super().__init__(message)
         self.last = last
+
+
+# The connection options of every AWS module (documented in doc_fragments/aws_connection.py).
+AWS_CONNECTION_ARGUMENT_SPEC = {
+    "region": {"type": "str"},
+    "profile": {"type": "str"},
+    "endpoint_url": {"type": "str"},
+    "access_key": {"type": "str", "no_log": True},
+    "secret_key": {"type": "str", "no_log": True},
+    "session_token": {"type": "str", "no_log": True},
+}
+
+
+def aws_module(argument_spec, required_if):
+    """The AnsibleModule of an AWS module and its params, with the region resolved.
+
+    ``argument_spec`` includes :data:`AWS_CONNECTION_ARGUMENT_SPEC`. Fails the module when
+    boto3 is missing or no region is given (option, AWS_REGION or AWS_DEFAULT_REGION).
+    Check mode is supported.
+    """
+    import os
+
+    from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_if=required_if,
+        required_together=[("access_key", "secret_key")],
+        mutually_exclusive=[("profile", "access_key")],
+        supports_check_mode=True,
+    )
+    if not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"))
+    params = dict(module.params)
+    params["region"] = (
+        params["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    if not params["region"]:
+        module.fail_json(msg="no AWS region: set region (or AWS_REGION for the task)")
+    return module, params
+
+
+def module_client(params, region, service="rds", attempts=5):
+    """:func:`make_client` with the boto3 this module found (see :func:`aws_module`)."""
+    return make_client(boto3, params, region, service, attempts)
 
 
 def make_client(boto3, params, region, service="rds", attempts=5):

@@ -172,3 +172,55 @@ def s3_client(moto_endpoint):
         aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
         aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
     )
+
+
+# moto set-up shared by the AWS integration tests (test_aws_runbooks.py, test_rds_snapshot.py).
+
+
+def moto_client(endpoint, service, region="us-east-1"):
+    """A boto3 client of ``service`` in ``region`` on the local moto endpoint."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
+        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
+    )
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix`` with a random suffix: each test's AWS resources get names of their own."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_postgres_instance(rds, name: str, **extra) -> str:
+    """A small PostgreSQL DB instance ``name`` in moto; ``extra``: more CreateDBInstance args."""
+    rds.create_db_instance(
+        DBInstanceIdentifier=name,
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        AllocatedStorage=20,
+        MasterUsername="app",
+        MasterUserPassword="not-a-secret-1",
+        **extra,
+    )
+    return name
+
+
+def create_vpc_with_subnets(ec2, octet: int, region: str):
+    """A VPC 10.<octet>.0.0/16 with two /24 subnets in zones a and b of ``region``.
+
+    Returns (VPC id, [subnet ids]).
+    """
+    vpc = ec2.create_vpc(CidrBlock=f"10.{octet}.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(
+            VpcId=vpc, CidrBlock=f"10.{octet}.{n}.0/24", AvailabilityZone=f"{region}{zone}"
+        )["Subnet"]["SubnetId"]
+        for n, zone in ((1, "a"), (2, "b"))
+    ]
+    return vpc, subnets

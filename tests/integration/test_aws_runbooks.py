@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
-import boto3
 import pytest
 
-from tests.conftest import AWS_TEST_CREDENTIALS, run_playbook
+from tests.conftest import (
+    AWS_TEST_CREDENTIALS,
+    create_postgres_instance,
+    create_vpc_with_subnets,
+    moto_client,
+    run_playbook,
+    unique_name,
+)
 
 COPY_TASK = "Copy the snapshot to the DR region, re-encrypted with its key"
 SOURCE = "us-east-1"
@@ -38,20 +43,6 @@ def fake_credentials():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def aws(endpoint, service, region=SOURCE):
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
-        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
-    )
-
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def play(tmp_path, playbook, extravars, name="run"):
@@ -83,48 +74,37 @@ def instance_tags(rds, name):
 def world(moto_endpoint):
     """An encrypted production instance with a snapshot in SOURCE; network, key, launch
     template and hosted zone in DR."""
-    rds = aws(moto_endpoint, "rds")
-    source_key = aws(moto_endpoint, "kms").create_key()["KeyMetadata"]["Arn"]
-    kms = aws(moto_endpoint, "kms", DR)
+    rds = moto_client(moto_endpoint, "rds")
+    source_key = moto_client(moto_endpoint, "kms").create_key()["KeyMetadata"]["Arn"]
+    kms = moto_client(moto_endpoint, "kms", DR)
     dr_key = kms.create_key()["KeyMetadata"]["Arn"]
-    alias = "alias/" + unique("dr")
+    alias = "alias/" + unique_name("dr")
     kms.create_alias(AliasName=alias, TargetKeyId=dr_key)
-    db = unique("db")
-    rds.create_db_instance(
-        DBInstanceIdentifier=db,
-        DBInstanceClass="db.t3.micro",
-        Engine="postgres",
-        AllocatedStorage=20,
-        MasterUsername="app",
-        MasterUserPassword="not-a-secret-1",
-        BackupRetentionPeriod=7,
-        StorageEncrypted=True,
-        KmsKeyId=source_key,
+    db = create_postgres_instance(
+        rds, unique_name("db"), BackupRetentionPeriod=7, StorageEncrypted=True, KmsKeyId=source_key
     )
     rds.create_db_snapshot(DBInstanceIdentifier=db, DBSnapshotIdentifier=f"{db}-nightly")
-    ec2 = aws(moto_endpoint, "ec2", DR)
-    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{n}.0/24", AvailabilityZone=f"{DR}{z}")[
-            "Subnet"
-        ]["SubnetId"]
-        for n, z in ((1, "a"), (2, "b"))
-    ]  # fmt: skip
-    sg = ec2.create_security_group(GroupName=unique("sg"), Description="dr", VpcId=vpc)["GroupId"]
-    dr_rds = aws(moto_endpoint, "rds", DR)
-    subnet_group = unique("dbsubnets")
+    ec2 = moto_client(moto_endpoint, "ec2", DR)
+    vpc, subnets = create_vpc_with_subnets(ec2, 20, DR)
+    sg = ec2.create_security_group(GroupName=unique_name("sg"), Description="dr", VpcId=vpc)[
+        "GroupId"
+    ]
+    dr_rds = moto_client(moto_endpoint, "rds", DR)
+    subnet_group = unique_name("dbsubnets")
     dr_rds.create_db_subnet_group(
         DBSubnetGroupName=subnet_group, DBSubnetGroupDescription="dr", SubnetIds=subnets
     )
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    template = unique("app-template")
+    template = unique_name("app-template")
     ec2.create_launch_template(
         LaunchTemplateName=template,
         LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"},
     )
-    r53 = aws(moto_endpoint, "route53")
-    zone = f"{unique('zone')}.test"  # one zone per test: route53 finds a zone by its name
-    zone_id = r53.create_hosted_zone(Name=zone, CallerReference=unique("ref"))["HostedZone"]["Id"]
+    r53 = moto_client(moto_endpoint, "route53")
+    zone = f"{unique_name('zone')}.test"  # one zone per test: route53 finds a zone by its name
+    zone_id = r53.create_hosted_zone(Name=zone, CallerReference=unique_name("ref"))["HostedZone"][
+        "Id"
+    ]
     return {
         "db": db,
         "alias": alias,
@@ -162,7 +142,7 @@ def dr_vars(world, tmp_path, **extra):
 
 
 def dr_copies(world):
-    dr = aws(world["endpoint"], "rds", DR)
+    dr = moto_client(world["endpoint"], "rds", DR)
     return [
         s
         for s in dr.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
@@ -171,7 +151,7 @@ def dr_copies(world):
 
 
 def record_values(world):
-    r53 = aws(world["endpoint"], "route53")
+    r53 = moto_client(world["endpoint"], "route53")
     sets = r53.list_resource_record_sets(HostedZoneId=world["zone_id"])["ResourceRecordSets"]
     return [
         [r["Value"] for r in s["ResourceRecords"]]
@@ -181,7 +161,7 @@ def record_values(world):
 
 
 def app_instances(world):
-    ec2 = aws(world["endpoint"], "ec2", DR)
+    ec2 = moto_client(world["endpoint"], "ec2", DR)
     found = ec2.describe_instances(
         Filters=[
             {"Name": "tag:opsauto:dr-failover-of", "Values": [world["db"]]},
@@ -208,7 +188,7 @@ def test_dr_dry_run_reports_every_step_and_changes_nothing(world, tmp_path):
     assert stats["dr_failover_report"]["rpo_seconds"] is not None
     # Nothing changed: no copy, no instance, no host, no record, no step record.
     assert dr_copies(world) == []
-    dr = aws(world["endpoint"], "rds", DR)
+    dr = moto_client(world["endpoint"], "rds", DR)
     assert f"{world['db']}-dr" not in {
         i["DBInstanceIdentifier"] for i in dr.describe_db_instances()["DBInstances"]
     }
@@ -230,7 +210,7 @@ def test_dr_failover_end_to_end_then_a_rerun_changes_nothing(world, tmp_path):
     assert copy["KmsKeyId"] == world["dr_key"]
     assert copy["Encrypted"] is True
     # The restored instance: its class and the copy it came from.
-    dr = aws(world["endpoint"], "rds", DR)
+    dr = moto_client(world["endpoint"], "rds", DR)
     restored = dr.describe_db_instances(DBInstanceIdentifier=f"{world['db']}-dr")["DBInstances"][0]
     assert restored["DBInstanceClass"] == "db.t3.small"
     assert restored["DBSubnetGroup"]["DBSubnetGroupName"] == world["subnet_group"]
@@ -288,16 +268,8 @@ def test_dr_missing_kms_key_stops_in_preflight_before_any_copy(world, tmp_path):
 def test_dr_interrupted_after_the_copy_resumes_without_copying_again(world, tmp_path):
     # A DB instance another tool made already holds the target name: the restore fails
     # after the copy, as an interruption there would.
-    dr = aws(world["endpoint"], "rds", DR)
-    dr.create_db_instance(
-        DBInstanceIdentifier=f"{world['db']}-dr",
-        DBInstanceClass="db.t3.micro",
-        Engine="postgres",
-        AllocatedStorage=20,
-        MasterUsername="app",
-        MasterUserPassword="not-a-secret-1",
-        DBSubnetGroupName=world["subnet_group"],
-    )
+    dr = moto_client(world["endpoint"], "rds", DR)
+    create_postgres_instance(dr, f"{world['db']}-dr", DBSubnetGroupName=world["subnet_group"])
     status, failures, _, _, tasks = play(tmp_path, "dr_failover.yml", dr_vars(world, tmp_path))
     assert status == "failed"
     assert tasks[COPY_TASK] == ["runner_on_ok"]
@@ -340,7 +312,7 @@ def restore_vars(world, **extra):
 
 
 def test_rds_restore_from_snapshot_tags_the_old_instance_and_refuses_bad_requests(world, tmp_path):
-    rds = aws(world["endpoint"], "rds")
+    rds = moto_client(world["endpoint"], "rds")
     db, target = world["db"], f"{world['db']}-restored"
     variables = restore_vars(
         world,
@@ -390,12 +362,12 @@ def test_rds_restore_from_snapshot_tags_the_old_instance_and_refuses_bad_request
 
 
 def test_server_recovery_replaces_the_host_and_moves_the_record_and_the_elastic_ip(world, tmp_path):
-    ec2 = aws(world["endpoint"], "ec2", DR)
+    ec2 = moto_client(world["endpoint"], "ec2", DR)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     old = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")[
         "Instances"
     ][0]  # fmt: skip
-    name = unique("app")
+    name = unique_name("app")
     variables = {
         "server_recovery_region": DR,
         "server_recovery_endpoint_url": world["endpoint"],

@@ -15,36 +15,27 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
-import boto3
 import pytest
 
 from tests.ansible_cli import run_module
-from tests.conftest import AWS_TEST_CREDENTIALS, ROOT
+from tests.conftest import (
+    AWS_TEST_CREDENTIALS,
+    ROOT,
+    create_postgres_instance,
+    create_vpc_with_subnets,
+    moto_client,
+    unique_name,
+)
 
 SOURCE = "us-east-1"
 DR = "us-west-2"
 OWNER = {"Key": "opsauto:managed-by", "Value": "opsauto"}
 
 
-def aws(endpoint, service, region=SOURCE):
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=AWS_TEST_CREDENTIALS["access_key"],
-        aws_secret_access_key=AWS_TEST_CREDENTIALS["secret_key"],
-    )
-
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture
 def rds(moto_endpoint):
-    return aws(moto_endpoint, "rds")
+    return moto_client(moto_endpoint, "rds")
 
 
 @pytest.fixture
@@ -63,18 +54,9 @@ def module(moto_endpoint):
 
 
 def make_instance(rds, name=None, **extra):
-    name = name or unique("db")
-    rds.create_db_instance(
-        DBInstanceIdentifier=name,
-        DBInstanceClass="db.t3.micro",
-        Engine="postgres",
-        AllocatedStorage=20,
-        MasterUsername="app",
-        MasterUserPassword="not-a-secret-1",
-        BackupRetentionPeriod=7,
-        **extra,
+    return create_postgres_instance(
+        rds, name or unique_name("db"), BackupRetentionPeriod=7, **extra
     )
-    return name
 
 
 def snapshot_of(rds, name):
@@ -137,15 +119,15 @@ def test_present_name_of_another_instance_and_missing_instance(rds, module):
 
 
 def test_encrypted_copy_to_dr_region_with_its_kms_key(rds, module, moto_endpoint):
-    source_key = aws(moto_endpoint, "kms").create_key()["KeyMetadata"]["Arn"]
-    dr_key = aws(moto_endpoint, "kms", DR).create_key()["KeyMetadata"]["Arn"]
+    source_key = moto_client(moto_endpoint, "kms").create_key()["KeyMetadata"]["Arn"]
+    dr_key = moto_client(moto_endpoint, "kms", DR).create_key()["KeyMetadata"]["Arn"]
     db = make_instance(rds, StorageEncrypted=True, KmsKeyId=source_key)
     made = module(
         {"db_instance_identifier": db, "snapshot_identifier": f"{db}-s", "tags": {"app": "api"}}
     )
     assert made["status"] == "CHANGED", made
     assert made["snapshot"]["encrypted"] is True
-    dr = aws(moto_endpoint, "rds", DR)
+    dr = moto_client(moto_endpoint, "rds", DR)
     copy = {
         "state": "copied",
         "region": DR,
@@ -281,22 +263,16 @@ def test_info_lists_age_size_status_encryption_region(rds, module):
 @pytest.fixture
 def network(moto_endpoint):
     """A VPC with two subnets, a DB subnet group, a security group and a parameter group."""
-    ec2 = aws(moto_endpoint, "ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{n}.0/24", AvailabilityZone=f"{SOURCE}{z}")[
-            "Subnet"
-        ]["SubnetId"]
-        for n, z in ((1, "a"), (2, "b"))
-    ]  # fmt: skip
-    group = unique("sg")
+    ec2 = moto_client(moto_endpoint, "ec2")
+    vpc, subnets = create_vpc_with_subnets(ec2, 9, SOURCE)
+    group = unique_name("sg")
     sg = ec2.create_security_group(GroupName=group, Description="db", VpcId=vpc)["GroupId"]
-    rds = aws(moto_endpoint, "rds")
-    subnet_group = unique("subnets")
+    rds = moto_client(moto_endpoint, "rds")
+    subnet_group = unique_name("subnets")
     rds.create_db_subnet_group(
         DBSubnetGroupName=subnet_group, DBSubnetGroupDescription="db", SubnetIds=subnets
     )
-    params = unique("params")
+    params = unique_name("params")
     rds.create_db_parameter_group(
         DBParameterGroupName=params, DBParameterGroupFamily="postgres16", Description="db"
     )
@@ -348,7 +324,7 @@ def test_restore_from_a_missing_snapshot(module):
         {
             "state": "restored",
             "snapshot_identifier": "never-taken",
-            "target_db_instance_identifier": unique("t"),
+            "target_db_instance_identifier": unique_name("t"),
         }
     )
     assert missing["status"] == "FAILED"
