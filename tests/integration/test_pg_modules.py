@@ -630,6 +630,93 @@ def test_bad_recipient_is_refused_naming_it(pg, tmp_path, age_keys):
     assert visible_files(tmp_path / "bad") == []
 
 
+# --------------------------------------------------------------------------- interrupted runs
+
+
+def allows_connections(database: str) -> bool:
+    return (
+        psql("postgres", f"SELECT datallowconn FROM pg_database WHERE datname = '{database}';")
+        == "t"
+    )
+
+
+def test_rerun_repairs_what_a_killed_replace_left_and_says_so(pg, tmp_path):
+    psql("postgres", "CREATE DATABASE blk TEMPLATE shop;")
+    taken = backup(tmp_path, "k1", database="blk")
+    assert_ok(taken, changed=True)
+    # killed after blocking the live database, before the renames
+    psql("postgres", "ALTER DATABASE blk WITH ALLOW_CONNECTIONS false;")
+    result = restore(taken["path"], "blk", mode="replace")
+    assert_ok(result, changed=True)
+    assert "repaired" in result["msg"], result["msg"]
+    assert "database blk did not accept connections" in result["msg"]
+    assert result["repairs"], result
+    assert allows_connections("blk")
+    assert allows_connections("blk__pre_k1")
+    assert table_rows("blk", "items") == table_rows("shop", "items")
+    # killed after the renames committed, before the old database got its connections back
+    psql("postgres", "ALTER DATABASE blk__pre_k1 WITH ALLOW_CONNECTIONS false;")
+    again = restore(taken["path"], "blk", mode="replace")
+    assert_ok(again)
+    assert "repaired" in again["msg"], again["msg"]
+    assert allows_connections("blk__pre_k1")
+    # a backup of the repaired database works again (the role's safety backup)
+    assert_ok(backup(tmp_path / "after", "k2", database="blk"), changed=True)
+    # repair_only (the role, before its safety backup): check mode reports, then repairs
+    psql("postgres", "ALTER DATABASE blk WITH ALLOW_CONNECTIONS false;")
+    planned = restore(taken["path"], "blk", check=True, repair_only=True)
+    assert_ok(planned, changed=True)
+    assert "would be allowed again" in planned["msg"], planned["msg"]
+    assert not allows_connections("blk")
+    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=True)
+    assert allows_connections("blk")
+    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=False)
+
+
+def test_restore_again_when_the_database_changed_since(pg, tmp_path):
+    psql("postgres", "CREATE DATABASE chg TEMPLATE shop;")
+    taken = backup(tmp_path, "c1", database="chg")
+    assert_ok(taken, changed=True)
+    original = table_rows("chg", "items")
+    assert_ok(restore(taken["path"], "chg_copy"), changed=True)
+    assert_ok(restore(taken["path"], "chg_copy"), changed=False)  # nothing changed: no-op
+    # an UPDATE keeps every row count: the marker alone must not hide it
+    psql("chg_copy", "UPDATE items SET name = 'changed' WHERE id = 7;")
+    result = restore(taken["path"], "chg_copy", mode="replace")
+    assert_ok(result, changed=True)
+    assert "written since" in result["msg"], result["msg"]
+    assert table_rows("chg_copy", "items") == original
+    space = result["space"]  # the free space check before the replace, with its figures
+    assert space["where"] == "/var/lib/postgresql/data"
+    assert space["free"] > space["needed"] > space["database_size"] > 0
+    assert_ok(restore(taken["path"], "chg_copy", mode="replace"), changed=False)
+    # changed again: the previous copy of the first replace is kept, the next gets a new name
+    psql("chg_copy", "INSERT INTO empty_table VALUES (1);")
+    third = restore(taken["path"], "chg_copy", mode="replace")
+    assert_ok(third, changed=True)
+    assert third["previous_database"] not in (None, result["previous_database"])
+    assert table_rows("chg_copy", "items") == original
+    assert table_rows("chg_copy", "empty_table") == ""
+    # mode=new refuses a changed database with the reason
+    psql("chg_copy", "UPDATE items SET name = 'x' WHERE id = 1;")
+    assert_failed(restore(taken["path"], "chg_copy"), "changed since", "mode=replace")
+
+
+def test_dump_of_a_newer_pg_dump_is_refused_naming_both_versions(shop_backup, tmp_path):
+    _, backed_up = shop_backup
+    copy_dir = tmp_path / "b1"
+    copy_dir.mkdir()
+    (copy_dir / "shop.dump").write_bytes(Path(backed_up["path"]).read_bytes())
+    manifest = json.loads(Path(backed_up["manifest_path"]).read_text())
+    manifest["pg_dump_version"] = "99.1"
+    (copy_dir / "shop.manifest.json").write_text(json.dumps(manifest))
+    names = databases()
+    result = restore(str(copy_dir / "shop.dump"), "shop_newer")
+    assert_failed(result, "99.1", "15.", "newer")
+    assert "corrupt" not in result["msg"]
+    assert databases() == names
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -693,89 +780,3 @@ def test_container_killed_mid_dump_leaves_no_backup(big_db, tmp_path):
     result = parse_result(out, err)
     assert_failed(result, "killed")
     assert visible_files(directory) == []
-
-
-# --------------------------------------------------------------------------- interrupted runs
-
-
-def allows_connections(database: str) -> bool:
-    return (
-        psql("postgres", f"SELECT datallowconn FROM pg_database WHERE datname = '{database}';")
-        == "t"
-    )
-
-
-def test_rerun_repairs_what_a_killed_replace_left_and_says_so(pg, tmp_path):
-    psql("postgres", "CREATE DATABASE blk TEMPLATE shop;")
-    taken = backup(tmp_path, "k1", database="blk")
-    assert_ok(taken, changed=True)
-    # killed after blocking the live database, before the renames
-    psql("postgres", "ALTER DATABASE blk WITH ALLOW_CONNECTIONS false;")
-    result = restore(taken["path"], "blk", mode="replace")
-    assert_ok(result, changed=True)
-    assert "repaired" in result["msg"], result["msg"]
-    assert "database blk did not accept connections" in result["msg"]
-    assert result["repairs"], result
-    assert allows_connections("blk")
-    assert allows_connections("blk__pre_k1")
-    assert table_rows("blk", "items") == table_rows("shop", "items")
-    # killed after the renames committed, before the old database got its connections back
-    psql("postgres", "ALTER DATABASE blk__pre_k1 WITH ALLOW_CONNECTIONS false;")
-    again = restore(taken["path"], "blk", mode="replace")
-    assert_ok(again)
-    assert "repaired" in again["msg"], again["msg"]
-    assert allows_connections("blk__pre_k1")
-    # a backup of the repaired database works again (the role's safety backup)
-    assert_ok(backup(tmp_path / "after", "k2", database="blk"), changed=True)
-    # repair_only (the role, before its safety backup): check mode reports, then repairs
-    psql("postgres", "ALTER DATABASE blk WITH ALLOW_CONNECTIONS false;")
-    planned = restore(taken["path"], "blk", check=True, repair_only=True)
-    assert_ok(planned, changed=True)
-    assert "would be allowed again" in planned["msg"], planned["msg"]
-    assert not allows_connections("blk")
-    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=True)
-    assert allows_connections("blk")
-    assert_ok(restore(taken["path"], "blk", repair_only=True), changed=False)
-
-
-def test_restore_again_when_the_database_changed_since(pg, tmp_path):
-    psql("postgres", "CREATE DATABASE chg TEMPLATE shop;")
-    taken = backup(tmp_path, "c1", database="chg")
-    assert_ok(taken, changed=True)
-    original = table_rows("chg", "items")
-    assert_ok(restore(taken["path"], "chg_copy"), changed=True)
-    assert_ok(restore(taken["path"], "chg_copy"), changed=False)  # nothing changed: no-op
-    # an UPDATE keeps every row count: the marker alone must not hide it
-    psql("chg_copy", "UPDATE items SET name = 'changed' WHERE id = 7;")
-    result = restore(taken["path"], "chg_copy", mode="replace")
-    assert_ok(result, changed=True)
-    assert "written since" in result["msg"], result["msg"]
-    assert table_rows("chg_copy", "items") == original
-    space = result["space"]  # the free space check before the replace, with its figures
-    assert space["where"] == "/var/lib/postgresql/data"
-    assert space["free"] > space["needed"] > space["database_size"] > 0
-    assert_ok(restore(taken["path"], "chg_copy", mode="replace"), changed=False)
-    # changed again: the previous copy of the first replace is kept, the next gets a new name
-    psql("chg_copy", "DELETE FROM items WHERE id > 119;")
-    third = restore(taken["path"], "chg_copy", mode="replace")
-    assert_ok(third, changed=True)
-    assert third["previous_database"] not in (None, result["previous_database"])
-    assert table_rows("chg_copy", "items") == original
-    # mode=new refuses a changed database with the reason
-    psql("chg_copy", "UPDATE items SET name = 'x' WHERE id = 1;")
-    assert_failed(restore(taken["path"], "chg_copy"), "changed since", "mode=replace")
-
-
-def test_dump_of_a_newer_pg_dump_is_refused_naming_both_versions(shop_backup, tmp_path):
-    _, backed_up = shop_backup
-    copy_dir = tmp_path / "b1"
-    copy_dir.mkdir()
-    (copy_dir / "shop.dump").write_bytes(Path(backed_up["path"]).read_bytes())
-    manifest = json.loads(Path(backed_up["manifest_path"]).read_text())
-    manifest["pg_dump_version"] = "99.1"
-    (copy_dir / "shop.manifest.json").write_text(json.dumps(manifest))
-    names = databases()
-    result = restore(str(copy_dir / "shop.dump"), "shop_newer")
-    assert_failed(result, "99.1", "15.", "newer")
-    assert "corrupt" not in result["msg"]
-    assert databases() == names
