@@ -129,6 +129,11 @@ options:
       they differ.
     type: bool
     default: true
+  rows_timeout:
+    description:
+      - Seconds the row count (O(verify_rows)) may take before the run fails (and rolls back).
+      - Unset, it scales with the database counted, C(max(1800, size in GiB * 120)).
+    type: int
   decrypt_identity_file:
     description:
       - Path on the managed host of the C(age) identity file (from C(age-keygen)) of one of the
@@ -325,6 +330,7 @@ ARGUMENT_SPEC = {
     "no_owner": {"type": "bool", "default": False},
     "keep_previous": {"type": "bool", "default": True},
     "verify_rows": {"type": "bool", "default": True},
+    "rows_timeout": {"type": "int"},
     "decrypt_identity_file": {"type": "path"},
     "maintenance_db": {"type": "str", "default": "postgres"},
     "verified": {"type": "dict"},

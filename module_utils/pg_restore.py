@@ -27,7 +27,7 @@ from ansible.module_utils.pg_artifacts import (
     restore_marker,
 )
 from ansible.module_utils.pg_dump import verify_archive
-from ansible.module_utils.pg_session import Background, PgContainer
+from ansible.module_utils.pg_session import SESSION_TIMEOUT, Background, PgContainer
 from ansible.module_utils.pipelines import feed_command
 
 # --------------------------------------------------------------------------- verification
@@ -290,7 +290,9 @@ def run_restore(params, check_mode=False):
         _restore_into(pg, path, manifest, work_db, params)
         laps("restore_seconds")
         if params.get("verify_rows", True):
-            actual = pg.row_counts(work_db)
+            actual = pg.row_counts(
+                work_db, timeout=rows_timeout(pg, work_db, params, maintenance_db)
+            )
             laps("rows_seconds")
             problems = compare_rows(manifest.get("row_counts") or {}, actual)
             if problems:
@@ -419,6 +421,34 @@ def _pipe_decompressed(pg, command, source, compression, context):
     returncode, stderr = feed_command(argv, source, compression, pg.env())
     if returncode != 0:
         raise CommandError(pg.explain(stderr, returncode, context), returncode, stderr)
+
+
+# Seconds the row count may take per GiB of database, and never less than SESSION_TIMEOUT.
+ROWS_SECONDS_PER_GIB = 120
+
+
+def rows_timeout_for(size_bytes, explicit=None):
+    """The row count's time limit: ``explicit`` (option rows_timeout) if set, else it scales.
+
+    ``max(SESSION_TIMEOUT, size in GiB * ROWS_SECONDS_PER_GIB)``: 30 minutes up to 15 GiB,
+    then 2 minutes per GiB, so a large database is not refused for its size alone.
+    """
+    if explicit:
+        return float(explicit)
+    return max(SESSION_TIMEOUT, size_bytes / 1024**3 * ROWS_SECONDS_PER_GIB)
+
+
+def rows_timeout(pg, database, params, maintenance_db):
+    """:func:`rows_timeout_for` of ``database`` (its size asked only when it matters)."""
+    if params.get("rows_timeout"):
+        return rows_timeout_for(0, params["rows_timeout"])
+    rows = pg.psql(
+        "SELECT pg_database_size(:'db');\n",
+        maintenance_db,
+        variables={"db": database},
+        context=f" measuring database {database}",
+    )
+    return rows_timeout_for(int(rows[0][0]))
 
 
 def compare_rows(expected, actual):
@@ -718,7 +748,7 @@ def unchanged_since_restore(pg, target, comment, marker, manifest, params, resul
             f"pg_stat_database: {recorded} when restored, {now} now)"
         )
     if params.get("verify_rows", True):
-        actual = pg.row_counts(target)
+        actual = pg.row_counts(target, timeout=rows_timeout(pg, target, params, maintenance_db))
         problems = compare_rows(manifest.get("row_counts") or {}, actual)
         if problems:
             return False, "its row counts differ from the backup's: " + "; ".join(problems[:5])

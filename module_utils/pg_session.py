@@ -371,9 +371,9 @@ class PgContainer:
         }
         return parse_server_info(rows[:1]), {name: found.get(name) for name in databases}
 
-    def row_counts(self, database):
+    def row_counts(self, database, timeout=SESSION_TIMEOUT):
         """``{schema.table: rows}`` of ``database``, counted with parallel scans if useful."""
-        rows = self.psql(PARALLEL_ROW_COUNT_SQL, database, timeout=SESSION_TIMEOUT)
+        rows = self.psql(PARALLEL_ROW_COUNT_SQL, database, timeout=timeout)
         return {name: int(count) for name, count in rows}
 
     def terminate_own_sessions(self, maintenance_db="postgres"):

@@ -870,3 +870,58 @@ def test_dump_pipe_is_widened_to_one_chunk():
     finally:
         os.close(read)
         os.close(write)
+
+
+# --------------------------------------------------------------------------- row count limit
+
+
+class SizedServer:
+    """Answers pg_database_size with ``size``; records the row count's time limit."""
+
+    def __init__(self, size):
+        self.size, self.timeouts, self.sized = size, [], []
+
+    def psql(self, sql, database, variables=None, context="", timeout=None):
+        assert "pg_database_size" in sql
+        self.sized.append(variables["db"])
+        return [[str(self.size)]]
+
+    def row_counts(self, database, timeout=None):
+        self.timeouts.append(timeout)
+        return {"public.items": 3}
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(1024**2, 1800.0), (15 * 1024**3, 1800.0), (100 * 1024**3, 12000.0)],
+)
+def test_row_count_limit_scales_with_the_database(size, expected):
+    server = SizedServer(size)
+    assert pg_restore.rows_timeout(server, "app", {}, "postgres") == expected
+    assert pg_restore.rows_timeout_for(size) == expected
+    assert server.sized == ["app"]
+
+
+def test_rows_timeout_option_overrides_the_size_and_is_passed_to_the_count(monkeypatch):
+    server = SizedServer(100 * 1024**3)
+    monkeypatch.setattr(pg_restore, "database_writes", lambda *args, **kwargs: 7)
+    marker = pg_restore.restore_marker("b1", "0" * 64)
+    result = {}
+    unchanged, why = pg_restore.unchanged_since_restore(
+        server,
+        "app",
+        f"{marker} writes=7",
+        marker,
+        {"row_counts": {"public.items": 3}},
+        {"verify_rows": True, "rows_timeout": 90},
+        result,
+        "postgres",
+    )
+    assert (unchanged, why) == (True, None)
+    assert server.timeouts == [90.0]
+    assert server.sized == []  # the size is not asked when the limit is given
+    unchanged, _ = pg_restore.unchanged_since_restore(
+        server, "app", f"{marker} writes=7", marker, {"row_counts": {"public.items": 3}},
+        {"verify_rows": True}, result, "postgres",
+    )  # fmt: skip
+    assert server.timeouts == [90.0, 12000.0]
