@@ -97,6 +97,42 @@ def build_set(
     }
 
 
+RDS_COPY_KEYS = ("region", "snapshot_identifier", "snapshot_arn", "encrypted", "kms_key_id")
+
+
+def build_rds_record(
+    backup_id: str, host: str, project: str, snapshot: dict, copies: list[dict] | None = None
+) -> dict:
+    """SET.json's content for a set that is an RDS manual snapshot (``kind: rds``).
+
+    ``snapshot`` and each of ``copies`` are as rds_snapshot returns them (RV snapshot). The
+    record has the keys every set has (no dumps, no config: the data stays in RDS), so
+    list_sets shows container dumps and RDS snapshots side by side; ``verified`` is true
+    when the snapshot is ``available``.
+    """
+    return {
+        "backup_id": backup_id,
+        "kind": "rds",
+        "created": snapshot.get("created") or "",
+        "host": host,
+        "project": project,
+        "databases": [],
+        "verified": snapshot.get("status") == "available",
+        "dumps": [],
+        "config": {},
+        "instance": snapshot.get("db_instance_identifier"),
+        "engine": snapshot.get("engine"),
+        "engine_version": snapshot.get("engine_version"),
+        "encrypted": bool(snapshot.get("encrypted")),
+        "kms_key_id": snapshot.get("kms_key_id") or None,
+        "region": snapshot.get("region"),
+        "snapshot_identifier": snapshot.get("snapshot_identifier"),
+        "snapshot_arn": snapshot.get("snapshot_arn"),
+        "allocated_storage_gb": snapshot.get("allocated_storage_gb"),
+        "copies": [{k: copy.get(k) for k in RDS_COPY_KEYS} for copy in copies or []],
+    }
+
+
 def check_set(meta, where: str) -> dict:
     """``meta`` if it is a set description; BackupSetError naming ``where`` otherwise.
 

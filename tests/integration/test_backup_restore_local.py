@@ -132,10 +132,26 @@ def test_wrong_password_fails_clearly_and_leaves_no_set(stack, tmp_path):
     assert "it-1" in sets(stack)  # earlier backups untouched
 
 
-def test_rds_target_is_refused_with_the_fix(stack, tmp_path):
-    result, failures = play(stack, tmp_path, "backup.yml", backup_target="rds")
+def test_rds_target_without_an_instance_is_refused_with_the_fix(stack, tmp_path):
+    # backup_target=rds is built (tests/integration/test_backup_rds.py); without the RDS
+    # instance it is refused before AWS is called, naming the variable, and no set is written.
+    before = sets(stack)
+    result, failures = play(stack, tmp_path, "backup.yml", backup_target="rds", backup_id="it-rds")
     assert result.rc != 0
-    assert "backup_target=docker" in " ".join(failures)
+    assert "stack_rds_instance_identifier" in " ".join(failures)
+    assert sets(stack) == before
+
+
+def test_backup_before_deploy_takes_a_set_first(stack, tmp_path):
+    result, failures = play(
+        stack, tmp_path, "deploy.yml", backup_before_deploy=True, backup_id="it-predeploy"
+    )
+    assert result.rc == 0, failures
+    assert "it-predeploy" in sets(stack)
+    base, _ = stack
+    meta = json.loads((base / "backups" / "it-predeploy" / "SET.json").read_text())
+    assert meta["verified"] is True
+    assert meta["databases"] == ["appdb"]
 
 
 def test_replace_without_confirmation_is_refused(stack, tmp_path):
