@@ -113,8 +113,10 @@ options:
     type: str
   no_owner:
     description:
-      - Restore objects owned by O(login_user) (C(pg_restore --no-owner)) instead of by the roles
-        that owned them when dumped. Needed when those roles do not exist on the target server.
+      - Restore objects owned by O(login_user) and without their privileges
+        (C(pg_restore --no-owner --no-acl)) instead of owned by the roles that owned them when
+        dumped. Needed when those roles do not exist on the target server; without it a
+        missing role fails the restore (rolled back) with an error naming the roles.
         Has no effect on plain dumps (they carry C(ALTER ... OWNER) statements).
     type: bool
     default: false
@@ -256,6 +258,17 @@ previous_database:
   returned: always
   type: str
   sample: app__pre_nightly-2024-05-02
+database_properties:
+  description:
+    - With O(mode=replace), what was read from the live database and given to the restored one
+      before the swap (pg_restore without C(--create) carries none of it) - C(owner),
+      C(encoding), C(collate), C(ctype), C(tablespace) (the work database is created with them),
+      C(connection_limit), C(acl) (copied by C(GRANT)s after C(REVOKE ALL ... FROM PUBLIC)); its
+      C(ALTER DATABASE ... SET) and C(ALTER ROLE ... IN DATABASE ... SET) settings are copied too.
+  returned: when a replace changed the database
+  type: dict
+  sample: {owner: app, encoding: UTF8, collate: C, ctype: C, tablespace: pg_default,
+           connection_limit: -1, acl: "{app=CTc/app,reader=c/app}"}
 space:
   description:
     - With O(mode=replace) over an existing database, the free space check in bytes

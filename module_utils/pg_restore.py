@@ -283,11 +283,16 @@ def run_restore(params, check_mode=False):
 
     if replacing and infos[work_db] is not None:
         _drop_database(pg, work_db, maintenance_db)  # left over by an interrupted run
-    _create_database(pg, work_db, owner, manifest, maintenance_db)
+    live = database_properties(pg, target, maintenance_db) if replacing else None
+    _create_database(pg, work_db, owner, manifest, maintenance_db, live)
     laps("create_seconds")
     swapped = False
     try:
-        _restore_into(pg, path, manifest, work_db, params)
+        try:
+            _restore_into(pg, path, manifest, work_db, params)
+        except CommandError as exc:
+            raise_missing_roles(exc, pg, backup_id, target)
+            raise
         laps("restore_seconds")
         if params.get("verify_rows", True):
             actual = pg.row_counts(
@@ -307,6 +312,11 @@ def run_restore(params, check_mode=False):
         # what the database looks like once restored, in its marker: a later run restores
         # again if it was written since (read before the swap, so no application write
         # after the swap is taken for part of the restore)
+        if replacing:
+            # what pg_restore without --create does not carry: the live database's ACL,
+            # its settings and its roles' settings in it, its connection limit
+            copy_database_properties(pg, target, work_db, maintenance_db)
+            result["database_properties"] = live
         full_marker = f"{marker} writes={database_writes(pg, work_db, maintenance_db)}"
         if replacing:
             _swap(pg, target, work_db, previous, maintenance_db, full_marker)
@@ -380,7 +390,7 @@ def _restore_into(pg, path, manifest, database, params):
     context = f" while restoring into database {database}"
     base = ["pg_restore", "--exit-on-error", *pg.conn_args(database)]
     if params.get("no_owner"):
-        base.append("--no-owner")
+        base += ["--no-owner", "--no-acl"]
     identity = params.get("decrypt_identity_file")
     if fmt == "custom" and jobs == 1:
         with plaintext_of(path, manifest, identity) as handle:
@@ -451,6 +461,20 @@ def rows_timeout(pg, database, params, maintenance_db):
     return rows_timeout_for(int(rows[0][0]))
 
 
+def raise_missing_roles(exc, pg, backup_id, target):
+    """Turn ``role "x" does not exist`` from pg_restore or psql into what to do about it."""
+    missing = sorted(set(re.findall(r'role "([^"]+)" does not exist', exc.stderr or "")))
+    if missing:
+        raise PgError(
+            f"backup {backup_id} needs role(s) {', '.join(missing)}, which do not exist on the "
+            f"server in container {pg.container}: the restore was rolled back and {target} is "
+            "untouched. Either create the roles first (the set's globals.sql holds their "
+            "CREATE ROLE statements), or restore with no_owner=true (role variable "
+            "restore_no_owner: pg_restore --no-owner --no-acl, objects owned by the login user "
+            "and no GRANTs; custom and directory dumps only)"
+        ) from None
+
+
 def compare_rows(expected, actual):
     """Differences between two {table: rows} maps, as readable strings."""
     problems = []
@@ -464,13 +488,93 @@ def compare_rows(expected, actual):
 # --------------------------------------------------------------------------- databases
 
 
-def _create_database(pg, name, owner, manifest, maintenance_db):
+# The live database's properties that CREATE DATABASE takes (a replace creates the work
+# database with them) and those copied after the restore (COPY_PROPERTIES_SQL).
+PROPERTIES_SQL = """
+SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, t.spcname, d.datconnlimit,
+       d.datacl::text, pg_get_userbyid(d.datdba)
+  FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
+ WHERE d.datname = :'target';
+"""
+
+# Settings whose value is a list, stored already quoted ("$user", public): set as they are.
+_LIST_SETTINGS = "'search_path', 'temp_tablespaces', 'local_preload_libraries', " + (
+    "'session_preload_libraries', 'shared_preload_libraries'"
+)
+
+# Statements built from the live database's catalog rows, run by \gexec: its ACL (PUBLIC's
+# default privileges revoked first when it has one), ALTER DATABASE ... SET, ALTER ROLE
+# ... IN DATABASE ... SET and the connection limit.
+COPY_PROPERTIES_SQL = (
+    """
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'work')
+  FROM pg_database WHERE datname = :'target' AND datacl IS NOT NULL
+\\gexec
+SELECT format('GRANT %s ON DATABASE %I TO %s%s', a.privilege_type, :'work',
+              CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee))
+              END, CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+  FROM pg_database d, aclexplode(d.datacl) a
+ WHERE d.datname = :'target' AND a.grantee <> d.datdba
+\\gexec
+SELECT CASE WHEN s.setrole = 0 THEN format('ALTER DATABASE %I', :'work')
+            ELSE format('ALTER ROLE %I IN DATABASE %I', pg_get_userbyid(s.setrole), :'work')
+       END || format(' SET %s = %s', split_part(c, '=', 1),
+              CASE WHEN lower(split_part(c, '=', 1)) IN ("""
+    + _LIST_SETTINGS
+    + """)
+                   THEN substr(c, strpos(c, '=') + 1)
+                   ELSE quote_literal(substr(c, strpos(c, '=') + 1)) END)
+  FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid, unnest(s.setconfig) c
+ WHERE d.datname = :'target'
+\\gexec
+SELECT format('ALTER DATABASE %I CONNECTION LIMIT %s', :'work', datconnlimit)
+  FROM pg_database WHERE datname = :'target' AND datconnlimit <> -1
+\\gexec
+"""
+)
+
+
+def database_properties(pg, target, maintenance_db):
+    """The live ``target``'s owner, encoding, locale, tablespace, connection limit and ACL."""
+    rows = pg.psql(
+        PROPERTIES_SQL,
+        maintenance_db,
+        variables={"target": target},
+        context=f" reading the properties of database {target}",
+    )
+    encoding, collate, ctype, tablespace, limit, acl, owner = rows[0]
+    return {
+        "owner": owner,
+        "encoding": encoding,
+        "collate": collate,
+        "ctype": ctype,
+        "tablespace": tablespace,
+        "connection_limit": int(limit),
+        "acl": acl or None,
+    }
+
+
+def copy_database_properties(pg, target, work_db, maintenance_db):
+    """Give ``work_db`` the ACL, settings and role settings ``target`` has."""
+    pg.psql(
+        COPY_PROPERTIES_SQL,
+        maintenance_db,
+        variables={"target": target, "work": work_db},
+        context=f" copying the settings and privileges of database {target} to {work_db}",
+    )
+
+
+def _create_database(pg, name, owner, manifest, maintenance_db, live=None):
+    """CREATE DATABASE from template0, with the live database's properties when replacing."""
     sql = 'CREATE DATABASE :"db" TEMPLATE template0'
     variables = {"db": name}
     if owner:
         sql += ' OWNER :"owner"'
         variables["owner"] = owner
-    encoding = manifest.get("database_encoding") or {}
+    if live and live["tablespace"] != "pg_default":
+        sql += ' TABLESPACE :"tablespace"'
+        variables["tablespace"] = live["tablespace"]
+    encoding = live or manifest.get("database_encoding") or {}
     for key, clause in (("encoding", "ENCODING"), ("collate", "LC_COLLATE"), ("ctype", "LC_CTYPE")):
         if encoding.get(key):
             sql += f" {clause} :'{key}'"

@@ -349,6 +349,92 @@ def test_restore_replace_brings_rows_back_and_keeps_previous(pg, tmp_path):
     assert_ok(restore(taken["path"], "live", mode="replace"), changed=False)
 
 
+def database_properties(name: str) -> list[str]:
+    """Encoding, locale, tablespace, connection limit, owner, ACL; then the settings in it."""
+    return psql(
+        "postgres",
+        f"""
+SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, t.spcname, d.datconnlimit,
+       pg_get_userbyid(d.datdba), d.datacl::text
+  FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = '{name}';
+SELECT coalesce(pg_get_userbyid(nullif(s.setrole, 0)), 'ALL') || ':'
+       || array_to_string(ARRAY(SELECT unnest(s.setconfig) ORDER BY 1), ';')
+  FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+ WHERE d.datname = '{name}' ORDER BY 1;
+""",
+    ).splitlines()
+
+
+def test_replace_keeps_the_live_databases_properties(pg, tmp_path):
+    """pg_restore without --create carries none of them: each is compared before and after."""
+    psql(
+        "postgres",
+        "CREATE ROLE props_owner; CREATE ROLE props_reader LOGIN;\n"
+        "CREATE DATABASE props_src OWNER props_owner TEMPLATE template0 ENCODING 'UTF8';",
+    )
+    psql("props_src", "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5);")
+    taken = backup(tmp_path, "p1", database="props_src")
+    assert_ok(taken, changed=True)
+    place = "/var/lib/postgresql/ts_props"
+    made = docker("exec", "-u", "postgres", CONTAINER, "mkdir", "-p", place)
+    assert made.returncode == 0, made.stderr.decode()
+    psql("postgres", f"CREATE TABLESPACE ts_props LOCATION '{place}';")
+    psql(
+        "postgres",
+        "CREATE DATABASE props OWNER props_owner TEMPLATE template0 ENCODING 'LATIN1' "
+        "LC_COLLATE 'C' LC_CTYPE 'C' TABLESPACE ts_props;\n"
+        "ALTER DATABASE props SET work_mem = '7MB';\n"
+        'ALTER DATABASE props SET search_path = "$user", public, extra;\n'
+        "REVOKE CONNECT, TEMPORARY ON DATABASE props FROM PUBLIC;\n"
+        "GRANT CONNECT ON DATABASE props TO props_reader;\n"
+        "GRANT CREATE ON DATABASE props TO props_reader WITH GRANT OPTION;\n"
+        "ALTER ROLE props_reader IN DATABASE props SET statement_timeout = '5s';\n"
+        "ALTER DATABASE props CONNECTION LIMIT 50;",
+    )
+    psql("props", "CREATE TABLE t (id int);")
+    before = database_properties("props")
+    encoding, collate, ctype, tablespace, limit, owner, acl = before[0].split("|")
+    assert (encoding, collate, ctype, tablespace, limit) == ("LATIN1", "C", "C", "ts_props", "50")
+    assert owner == "props_owner"
+    entries = acl.strip("{}").split(",")
+    assert "props_reader=C*c/props_owner" in entries, acl
+    assert not [entry for entry in entries if entry.startswith("=")], acl  # PUBLIC: nothing
+    assert before[1:] == [
+        'ALL:search_path="$user", public, extra;work_mem=7MB',
+        "props_reader:statement_timeout=5s",
+    ]
+    result = restore(taken["path"], "props", mode="replace")
+    assert_ok(result, changed=True)
+    assert psql("props", "SELECT count(*) FROM t;") == "5"  # the dump's content
+    after = database_properties("props")
+    assert after[0] == before[0]  # encoding, locale, tablespace, limit, owner, ACL
+    assert after[1:] == before[1:]  # ALTER DATABASE ... SET, ALTER ROLE ... IN DATABASE
+    assert result["database_properties"]["encoding"] == "LATIN1"
+    psql("postgres", 'DROP DATABASE "props__pre_p1"; DROP DATABASE props;')
+
+
+def test_missing_roles_fail_naming_them_or_restore_without_owner(pg, tmp_path):
+    """A server without the dump's roles (a fresh server): a clear error, or --no-owner."""
+    psql("postgres", "CREATE ROLE ghost_owner; CREATE ROLE ghost_reader; CREATE DATABASE ghosts;")
+    psql(
+        "ghosts",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 4);\n"
+        "ALTER TABLE t OWNER TO ghost_owner; GRANT SELECT ON t TO ghost_reader;",
+    )
+    taken = backup(tmp_path, "g1", database="ghosts")
+    assert_ok(taken, changed=True)
+    psql("postgres", "DROP DATABASE ghosts; DROP ROLE ghost_owner; DROP ROLE ghost_reader;")
+    failed = restore(taken["path"], "ghosts_new")
+    assert_failed(failed, "ghost_owner", "do not exist", "no_owner=true", "globals.sql")
+    assert "ghosts_new" not in databases()
+    result = restore(taken["path"], "ghosts_new", no_owner=True)
+    assert_ok(result, changed=True)
+    assert result["restored_rows"] == {"public.t": 4}
+    owner = psql("ghosts_new", "SELECT tableowner FROM pg_tables WHERE tablename = 't';")
+    assert owner == "postgres"
+    psql("postgres", "DROP DATABASE ghosts_new;")
+
+
 def test_corrupted_backup_is_refused_and_live_db_untouched(shop_backup, tmp_path):
     _, backed_up = shop_backup
     copy_dir = tmp_path / "b1"

@@ -925,3 +925,48 @@ def test_rows_timeout_option_overrides_the_size_and_is_passed_to_the_count(monke
         {"verify_rows": True}, result, "postgres",
     )  # fmt: skip
     assert server.timeouts == [90.0, 12000.0]
+
+
+# --------------------------------------------------------------------------- database properties
+
+
+class RecordingServer:
+    container = "db"
+
+    def __init__(self):
+        self.sql = []
+
+    def psql(self, sql, database, variables=None, context="", timeout=None):
+        self.sql.append((sql, dict(variables or {})))
+        return []
+
+
+def test_replace_creates_the_work_database_like_the_live_one_not_like_the_dump():
+    server = RecordingServer()
+    manifest = {"database_encoding": {"encoding": "UTF8", "collate": "en_US.utf8", "ctype": "x"}}
+    live = {"encoding": "LATIN1", "collate": "C", "ctype": "C", "tablespace": "fast"}
+    pg_restore._create_database(server, "app__restore_1", "owner", manifest, "postgres", live)
+    sql, variables = server.sql[0]
+    assert 'TABLESPACE :"tablespace"' in sql
+    assert variables == {"db": "app__restore_1", "owner": "owner", "tablespace": "fast",
+                         "encoding": "LATIN1", "collate": "C", "ctype": "C"}  # fmt: skip
+    server = RecordingServer()
+    pg_restore._create_database(server, "new", None, manifest, "postgres")
+    sql, variables = server.sql[0]
+    assert "TABLESPACE" not in sql
+    assert variables["encoding"] == "UTF8"
+
+
+def test_missing_roles_are_named_with_both_ways_out():
+    stderr = (
+        'pg_restore: error: could not execute query: ERROR:  role "ghost_owner" does not exist\n'
+        "Command was: ALTER TABLE public.t OWNER TO ghost_owner;\n"
+    )
+    exc = ops_errors.CommandError("pg_restore failed", 1, stderr)
+    with pytest.raises(ops_errors.PgError) as raised:
+        pg_restore.raise_missing_roles(exc, RecordingServer(), "b1", "app")
+    message = str(raised.value)
+    for phrase in ("ghost_owner", "no_owner=true", "restore_no_owner", "globals.sql", "untouched"):
+        assert phrase in message
+    other = ops_errors.CommandError("pg_restore failed", 1, "ERROR:  disk full")
+    assert pg_restore.raise_missing_roles(other, RecordingServer(), "b1", "app") is None
