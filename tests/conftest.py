@@ -49,21 +49,6 @@ def run(argv: list[str], timeout: float = 600, **kwargs) -> subprocess.Completed
     return proc
 
 
-# Tests that use this machine's Docker engine request the docker_ready fixture (directly or
-# through their own fixtures). They share the engine and its 127.0.0.1 ports: under
-# pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh) they form one group and run one
-# after another on one worker, while the other tests (lint, unit, moto-only) spread over the
-# other worker.
-ENGINE_GROUP = "docker-engine"
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if "docker_ready" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
-
-
 def tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
