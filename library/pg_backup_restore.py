@@ -329,8 +329,9 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.ops_errors import OpsError
-from ansible.module_utils.pg_restore import run_repair, run_restore
+from ansible.module_utils.pg_restore import run_restore
 from ansible.module_utils.pg_session import CONNECTION_ARGUMENT_SPEC
+from ansible.module_utils.pg_swap import run_repair
 
 ARGUMENT_SPEC = {
     **CONNECTION_ARGUMENT_SPEC,

@@ -5,7 +5,9 @@
 (:func:`verify_backup`: sha256 against the manifest, then the readability check, or
 for an encrypted dump its decryption and the plaintext's sha256), then restores into a
 new database (:func:`_restore_into`), compares the row counts with the manifest and, for
-``mode=replace``, swaps the restored database in (:func:`_swap`).
+``mode=replace``, swaps the restored database in (``pg_swap.swap_in``).  The live
+database's properties a replace keeps are read and copied by ``pg_db_properties``; the
+swap and the repair of interrupted runs are in ``pg_swap``.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ from ansible.module_utils.age import decrypted, require_identity
 from ansible.module_utils.fileops import CHUNK_SIZE, os_error_message, sha256_file
 from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
 from ansible.module_utils.pg_artifacts import (
-    MAX_IDENTIFIER_BYTES,
     locate_manifest,
     pg_identifier,
     read_manifest,
     restore_marker,
 )
+from ansible.module_utils.pg_db_properties import (
+    check_free_space,
+    copy_database_properties,
+    database_properties,
+)
 from ansible.module_utils.pg_dump import verify_archive
 from ansible.module_utils.pg_session import SESSION_TIMEOUT, Background, PgContainer
+from ansible.module_utils.pg_swap import MARK_SQL, drop_database, repair_interrupted, swap_in
 from ansible.module_utils.pipelines import feed_command
 
 # --------------------------------------------------------------------------- verification
@@ -282,7 +289,7 @@ def run_restore(params, check_mode=False):
         return result
 
     if replacing and infos[work_db] is not None:
-        _drop_database(pg, work_db, maintenance_db)  # left over by an interrupted run
+        drop_database(pg, work_db, maintenance_db)  # left over by an interrupted run
     live = database_properties(pg, target, maintenance_db) if replacing else None
     _create_database(pg, work_db, owner, manifest, maintenance_db, live)
     laps("create_seconds")
@@ -319,7 +326,7 @@ def run_restore(params, check_mode=False):
             result["database_properties"] = live
         full_marker = f"{marker} writes={database_writes(pg, work_db, maintenance_db)}"
         if replacing:
-            _swap(pg, target, work_db, previous, maintenance_db, full_marker)
+            swap_in(pg, target, work_db, previous, maintenance_db, full_marker)
             swapped = True
         else:
             pg.psql(MARK_SQL, maintenance_db, variables={"work": work_db, "marker": full_marker})
@@ -329,13 +336,13 @@ def run_restore(params, check_mode=False):
             # a client that timed out or was killed may still have its session running
             pg.terminate_own_sessions(maintenance_db)
             with contextlib.suppress(Exception):
-                _drop_database(pg, work_db, maintenance_db)
+                drop_database(pg, work_db, maintenance_db)
         raise
     if replacing:
         if params.get("keep_previous", True):
             result["previous_database"] = previous
         else:
-            _drop_database(pg, previous, maintenance_db)
+            drop_database(pg, previous, maintenance_db)
     result.update(
         changed=True,
         msg=_with_repairs(
@@ -347,26 +354,6 @@ def run_restore(params, check_mode=False):
         duration_seconds=round(time.monotonic() - started, 3),
     )
     return result
-
-
-def run_repair(params, check_mode=False):
-    """Only repair what an interrupted earlier replace of the database left (repair_only)."""
-    started = time.monotonic()
-    target = params["database"]
-    pg = PgContainer.from_params(params)
-    pg.check_running()
-    repairs = repair_interrupted(pg, target, params.get("maintenance_db") or "postgres", check_mode)
-    return {
-        "changed": bool(repairs),
-        "database": target,
-        "repairs": repairs,
-        "msg": (
-            "; ".join(repairs)
-            if repairs
-            else f"nothing left by an interrupted replace of database {target}"
-        ),
-        "duration_seconds": round(time.monotonic() - started, 3),
-    }
 
 
 class _Laps:
@@ -488,82 +475,6 @@ def compare_rows(expected, actual):
 # --------------------------------------------------------------------------- databases
 
 
-# The live database's properties that CREATE DATABASE takes (a replace creates the work
-# database with them) and those copied after the restore (COPY_PROPERTIES_SQL).
-PROPERTIES_SQL = """
-SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, t.spcname, d.datconnlimit,
-       d.datacl::text, pg_get_userbyid(d.datdba)
-  FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
- WHERE d.datname = :'target';
-"""
-
-# Settings whose value is a list, stored already quoted ("$user", public): set as they are.
-_LIST_SETTINGS = "'search_path', 'temp_tablespaces', 'local_preload_libraries', " + (
-    "'session_preload_libraries', 'shared_preload_libraries'"
-)
-
-# Statements built from the live database's catalog rows, run by \gexec: its ACL (PUBLIC's
-# default privileges revoked first when it has one), ALTER DATABASE ... SET, ALTER ROLE
-# ... IN DATABASE ... SET and the connection limit.
-COPY_PROPERTIES_SQL = (
-    """
-SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'work')
-  FROM pg_database WHERE datname = :'target' AND datacl IS NOT NULL
-\\gexec
-SELECT format('GRANT %s ON DATABASE %I TO %s%s', a.privilege_type, :'work',
-              CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee))
-              END, CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
-  FROM pg_database d, aclexplode(d.datacl) a
- WHERE d.datname = :'target' AND a.grantee <> d.datdba
-\\gexec
-SELECT CASE WHEN s.setrole = 0 THEN format('ALTER DATABASE %I', :'work')
-            ELSE format('ALTER ROLE %I IN DATABASE %I', pg_get_userbyid(s.setrole), :'work')
-       END || format(' SET %s = %s', split_part(c, '=', 1),
-              CASE WHEN lower(split_part(c, '=', 1)) IN ("""
-    + _LIST_SETTINGS
-    + """)
-                   THEN substr(c, strpos(c, '=') + 1)
-                   ELSE quote_literal(substr(c, strpos(c, '=') + 1)) END)
-  FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid, unnest(s.setconfig) c
- WHERE d.datname = :'target'
-\\gexec
-SELECT format('ALTER DATABASE %I CONNECTION LIMIT %s', :'work', datconnlimit)
-  FROM pg_database WHERE datname = :'target' AND datconnlimit <> -1
-\\gexec
-"""
-)
-
-
-def database_properties(pg, target, maintenance_db):
-    """The live ``target``'s owner, encoding, locale, tablespace, connection limit and ACL."""
-    rows = pg.psql(
-        PROPERTIES_SQL,
-        maintenance_db,
-        variables={"target": target},
-        context=f" reading the properties of database {target}",
-    )
-    encoding, collate, ctype, tablespace, limit, acl, owner = rows[0]
-    return {
-        "owner": owner,
-        "encoding": encoding,
-        "collate": collate,
-        "ctype": ctype,
-        "tablespace": tablespace,
-        "connection_limit": int(limit),
-        "acl": acl or None,
-    }
-
-
-def copy_database_properties(pg, target, work_db, maintenance_db):
-    """Give ``work_db`` the ACL, settings and role settings ``target`` has."""
-    pg.psql(
-        COPY_PROPERTIES_SQL,
-        maintenance_db,
-        variables={"target": target, "work": work_db},
-        context=f" copying the settings and privileges of database {target} to {work_db}",
-    )
-
-
 def _create_database(pg, name, owner, manifest, maintenance_db, live=None):
     """CREATE DATABASE from template0, with the live database's properties when replacing."""
     sql = 'CREATE DATABASE :"db" TEMPLATE template0'
@@ -580,197 +491,6 @@ def _create_database(pg, name, owner, manifest, maintenance_db, live=None):
             sql += f" {clause} :'{key}'"
             variables[key] = encoding[key]
     pg.psql(sql + ";", maintenance_db, variables=variables, context=f" creating database {name}")
-
-
-def _drop_database(pg, name, maintenance_db):
-    pg.psql(
-        'DROP DATABASE IF EXISTS :"db" WITH (FORCE);',
-        maintenance_db,
-        variables={"db": name},
-        context=f" dropping database {name}",
-    )
-
-
-MARK_SQL = "COMMENT ON DATABASE :\"work\" IS :'marker';\n"
-
-BLOCK_SQL = 'ALTER DATABASE :"target" WITH ALLOW_CONNECTIONS false;\n'
-
-SWAP_SQL = """
-SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
- WHERE datname = :'target' AND pid <> pg_backend_pid();
-BEGIN;
-ALTER DATABASE :"target" RENAME TO :"previous";
-ALTER DATABASE :"work" RENAME TO :"target";
-COMMIT;
-"""
-
-UNBLOCK_SQL = 'ALTER DATABASE :"db" WITH ALLOW_CONNECTIONS true;\n'
-
-
-def _swap(pg, target, work_db, previous, maintenance_db, marker, attempts=10):
-    """Mark ``work_db`` restored and put it in place of ``target`` (kept as ``previous``).
-
-    The renames happen in one transaction, after new connections to ``target`` are
-    blocked and its sessions ended.  The common case takes one psql call.  If that call
-    fails in any way (a session that would not end, a permission, a timeout of the call,
-    an interrupt), our sessions still running are ended and the state is looked up: a swap
-    that committed only gets the old database's connections back; otherwise ``target``
-    is unblocked, and the swap is retried step by step (an interrupt is re-raised after
-    the recovery instead), so ``target`` never stays blocked.
-    """
-    variables = {
-        "target": target,
-        "work": work_db,
-        "previous": previous,
-        "marker": marker,
-        "db": previous,
-    }
-    try:
-        pg.psql(
-            MARK_SQL + BLOCK_SQL + SWAP_SQL + UNBLOCK_SQL,
-            maintenance_db,
-            variables=variables,
-            context=f" swapping {target}",
-        )
-        return
-    except CommandError:
-        running = False  # psql ended: the careful path below finds out how far it got
-    except Exception:
-        running = True  # a timeout: the call may still run in the container
-    except BaseException:
-        _recover_swap(pg, target, previous, maintenance_db, marker)
-        raise
-    if _recover_swap(pg, target, previous, maintenance_db, marker, retry=True, running=running):
-        return
-    try:
-        pg.psql(MARK_SQL, maintenance_db, variables=variables, context=f" marking {work_db}")
-        pg.psql(BLOCK_SQL, maintenance_db, variables=variables, context=f" blocking {target}")
-        for attempt in range(attempts):
-            try:
-                pg.psql(
-                    SWAP_SQL, maintenance_db, variables=variables, context=f" swapping {target}"
-                )
-                break
-            except CommandError as exc:
-                if "being accessed by other users" not in exc.stderr or attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
-        pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": previous})
-    except BaseException:
-        _recover_swap(pg, target, previous, maintenance_db, marker)
-        raise
-
-
-def _recover_swap(pg, target, previous, maintenance_db, marker, retry=False, running=True):
-    """Leave no database blocked after an interrupted swap; True if the swap had committed.
-
-    Our sessions that may still run are ended first, so the state read is final.  With
-    ``retry`` the caller goes on with the swap (so a blocked target stays blocked) and
-    failures here are raised; otherwise (the caller re-raises its own error) they are
-    swallowed.
-    """
-    try:
-        if running:
-            pg.terminate_own_sessions(maintenance_db)
-        _, infos = pg.server_and_databases([target, previous], maintenance_db)
-        swapped = infos[previous] is not None and (infos[target] or {}).get("comment") == marker
-        blocked = previous if swapped else target
-        if swapped or not retry:
-            if infos[blocked] is not None and not infos[blocked]["allow_connections"]:
-                pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": blocked})
-        return swapped
-    except Exception:
-        if retry:
-            raise
-        return False
-
-
-# --------------------------------------------------------------------------- earlier runs
-
-# The target and every database named after it by a replace: {target}__pre_* (the
-# replaced database) and {target}__restore_* (the work database).
-RELATED_SQL = """
-SELECT datname, datallowconn FROM pg_database
- WHERE datname = :'target' OR strpos(datname, '__pre_') > 0 OR strpos(datname, '__restore_') > 0
- ORDER BY datname;
-"""
-
-RENAME_BACK_SQL = 'ALTER DATABASE :"db" RENAME TO :"target";\n'
-
-
-def _named_after(name, target, separator):
-    """Whether ``name`` is ``target + separator + ...`` (the target possibly cut short)."""
-    if separator not in name:
-        return False
-    base = name.split(separator, 1)[0]
-    if base == target:
-        return True
-    # pg_identifier cuts the target to keep the name within 63 bytes
-    return (
-        bool(base)
-        and len(name.encode("utf-8")) >= MAX_IDENTIFIER_BYTES - 3
-        and (target.startswith(base))
-    )
-
-
-def repair_interrupted(pg, target, maintenance_db, check_mode=False):
-    """Detect and repair what an interrupted replace of ``target`` left; the repairs done.
-
-    * ``target`` blocked (``datallowconn = false``): killed between blocking and renaming;
-      its connections are allowed again.
-    * ``target`` missing while exactly one ``{target}__pre_*`` is blocked: the live database
-      was renamed away without its successor in place; it is renamed back.
-    * a blocked ``{target}__pre_*``: the swap committed, the old database never got its
-      connections back; they are allowed again.
-    * ``{target}__restore_*``: a work database whose run never finished; dropped.
-
-    In check mode nothing is changed; the repairs are reported with "would".
-    """
-    rows = pg.psql(
-        RELATED_SQL,
-        maintenance_db,
-        variables={"target": target},
-        context=f" while connecting to database {maintenance_db}",
-    )
-    found = {name: allow == "t" for name, allow in rows}
-    previous = sorted(name for name in found if _named_after(name, target, "__pre_"))
-    work = sorted(
-        name
-        for name in found
-        if _named_after(name, target, "__restore_") and re.search(r"__restore_[0-9a-f]{8}$", name)
-    )
-    blocked_previous = [name for name in previous if not found[name]]
-    would = "would be " if check_mode else ""
-    repairs = []
-    if target in found and not found[target]:
-        repairs.append(
-            f"database {target} did not accept connections (ALLOW_CONNECTIONS false, left by an "
-            f"interrupted replace): connections {would}allowed again"
-        )
-        if not check_mode:
-            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": target})
-    if target not in found and len(blocked_previous) == 1:
-        name = blocked_previous.pop()
-        repairs.append(
-            f"database {target} was missing and {name} (the live database, renamed away by an "
-            f"interrupted replace) was blocked: {would}renamed back to {target} and opened "
-            "to connections"
-        )
-        if not check_mode:
-            pg.psql(RENAME_BACK_SQL, maintenance_db, variables={"db": name, "target": target})
-            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": target})
-    for name in blocked_previous:
-        repairs.append(
-            f"database {name} (replaced by an interrupted replace) did not accept connections: "
-            f"connections {would}allowed again"
-        )
-        if not check_mode:
-            pg.psql(UNBLOCK_SQL, maintenance_db, variables={"db": name})
-    for name in work:
-        repairs.append(f"work database {name} of an interrupted restore {would}dropped")
-        if not check_mode:
-            _drop_database(pg, name, maintenance_db)
-    return repairs
 
 
 def _with_repairs(msg, repairs):
@@ -858,59 +578,6 @@ def unchanged_since_restore(pg, target, comment, marker, manifest, params, resul
             return False, "its row counts differ from the backup's: " + "; ".join(problems[:5])
         result["restored_rows"] = actual
     return True, None
-
-
-# --------------------------------------------------------------------------- free space
-
-# data_directory is NULL for a role that may not read it (not a superuser): then $PGDATA.
-SPACE_SQL = "SELECT pg_database_size(:'db'), current_setting('data_directory', true);\n"
-DF_PGDATA = 'd="${PGDATA:-/var/lib/postgresql/data}"; df -P -k "$d" && echo "$d"'
-
-
-# Room kept beyond the copy itself: the WAL the restore writes, indexes built meanwhile.
-SPACE_MARGIN = 0.10
-
-
-def _size(count):
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"  # pragma: no cover
-
-
-def check_free_space(pg, target, maintenance_db):
-    """Refuse a replace without room for a second copy of ``target`` beside it.
-
-    The copy is restored next to the live database on the server's volume: it needs about
-    ``pg_database_size(target)`` (plus a margin) free in the data directory, as ``df``
-    reports it inside the container.  Returns ``{needed, free, where}``.
-    """
-    rows = pg.psql(
-        SPACE_SQL, maintenance_db, variables={"db": target}, context=" measuring free space"
-    )
-    size, where = int(rows[0][0]), rows[0][1]
-    try:
-        if where:
-            out = pg.run(["df", "-P", "-k", where], context=" measuring free space").decode()
-            lines = out.strip().splitlines()
-        else:
-            out = pg.run(["sh", "-c", DF_PGDATA], context=" measuring free space").decode()
-            lines = out.strip().splitlines()
-            where = lines.pop()
-        free = int(lines[-1].split()[3]) * 1024
-    except (CommandError, IndexError, ValueError) as exc:
-        return {"skipped": f"free space could not be measured in container {pg.container}: {exc}"}
-    needed = int(size * (1 + SPACE_MARGIN))
-    if free < needed:
-        raise PgError(
-            f"not enough free space for a replace of database {target}: it needs about "
-            f"{_size(needed)} ({target} is {_size(size)}, restored beside it, plus "
-            f"{SPACE_MARGIN:.0%}), and {_size(free)} is free on {where} in container "
-            f"{pg.container}. Nothing was changed; free space on that volume (a kept "
-            f"{target}__pre_* database can be dropped) or grow it, then re-run"
-        )
-    return {"needed": needed, "free": free, "where": where, "database_size": size}
 
 
 # --------------------------------------------------------------------------- versions

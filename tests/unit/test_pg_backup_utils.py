@@ -28,9 +28,11 @@ if str(MODULE_UTILS) not in ansible.module_utils.__path__:
 fileops = importlib.import_module("ansible.module_utils.fileops")
 ops_errors = importlib.import_module("ansible.module_utils.ops_errors")
 pg_artifacts = importlib.import_module("ansible.module_utils.pg_artifacts")
+pg_db_properties = importlib.import_module("ansible.module_utils.pg_db_properties")
 pg_dump = importlib.import_module("ansible.module_utils.pg_dump")
 pg_restore = importlib.import_module("ansible.module_utils.pg_restore")
 pg_session = importlib.import_module("ansible.module_utils.pg_session")
+pg_swap = importlib.import_module("ansible.module_utils.pg_swap")
 pipelines = importlib.import_module("ansible.module_utils.pipelines")
 
 PY = sys.executable
@@ -694,7 +696,7 @@ class FakeServer:
                     db = self.dbs[name]
                     rows.append([name, db["owner"], db["comment"], "t" if db["allow"] else "f"])
             return rows
-        steps = [name for name, const in self.STEPS if getattr(pg_restore, const) in sql]
+        steps = [name for name, const in self.STEPS if getattr(pg_swap, const) in sql]
         self.calls.append("+".join(steps))
         for step in steps:
             count, stderr = self.fail.get(step, (0, ""))
@@ -716,7 +718,7 @@ class FakeServer:
 
 
 def swap(server):
-    pg_restore._swap(server, "app", "app__work", "app__pre_b1", "postgres", "MARK", attempts=3)
+    pg_swap.swap_in(server, "app", "app__work", "app__pre_b1", "postgres", "MARK", attempts=3)
 
 
 def assert_swapped(server):
@@ -790,7 +792,7 @@ class LeftoverServer:
         self.rows, self.done = rows, []
 
     def psql(self, sql, database, variables=None, context="", timeout=None):
-        if sql == pg_restore.RELATED_SQL:
+        if sql == pg_swap.RELATED_SQL:
             return self.rows
         self.done.append((sql.split()[0], sql.split()[-1].rstrip(";"), dict(variables)))
         return []
@@ -800,7 +802,7 @@ def test_repair_reopens_blocked_databases_and_drops_only_work_databases():
     server = LeftoverServer([["app", "f"], ["app__pre_b1", "f"], ["app__pre_b0", "t"],
                              ["app__restore_0123abcd", "t"], ["app__restore_notes", "t"],
                              ["apple__pre_x", "f"]])  # fmt: skip
-    repairs = pg_restore.repair_interrupted(server, "app", "postgres")
+    repairs = pg_swap.repair_interrupted(server, "app", "postgres")
     assert [(verb, v.get("db")) for verb, _, v in server.done] == [
         ("ALTER", "app"),
         ("ALTER", "app__pre_b1"),
@@ -809,15 +811,15 @@ def test_repair_reopens_blocked_databases_and_drops_only_work_databases():
     assert len(repairs) == 3
     assert "database app did not accept connections" in repairs[0]
     checked = LeftoverServer(server.rows)
-    assert len(pg_restore.repair_interrupted(checked, "app", "postgres", check_mode=True)) == 3
+    assert len(pg_swap.repair_interrupted(checked, "app", "postgres", check_mode=True)) == 3
     assert checked.done == []
 
 
 def test_repair_renames_back_a_live_database_renamed_away_without_its_successor():
     server = LeftoverServer([["app__pre_b1", "f"], ["app__pre_b0", "t"]])
-    repairs = pg_restore.repair_interrupted(server, "app", "postgres")
+    repairs = pg_swap.repair_interrupted(server, "app", "postgres")
     assert server.done[0][2] == {"db": "app__pre_b1", "target": "app"}
-    assert "RENAME" in pg_restore.RENAME_BACK_SQL
+    assert "RENAME" in pg_swap.RENAME_BACK_SQL
     assert server.done[1][2] == {"db": "app"}
     assert "renamed back to app" in repairs[0]
 
@@ -829,7 +831,7 @@ class SpaceServer:
         self.size, self.free_kib, self.container = size, free_kib, "db"
 
     def psql(self, sql, database, variables=None, context="", timeout=None):
-        assert sql == pg_restore.SPACE_SQL
+        assert sql == pg_db_properties.SPACE_SQL
         return [[str(self.size), "/var/lib/postgresql/data"]]
 
     def run(self, command, **kwargs):
@@ -843,7 +845,7 @@ class SpaceServer:
 def test_replace_without_room_for_a_second_copy_is_refused_with_the_figures():
     server = SpaceServer(size=1000 * 1024 * 1024, free_kib=1000 * 1024)  # 1000 MiB, 1000 MiB
     with pytest.raises(ops_errors.PgError) as raised:
-        pg_restore.check_free_space(server, "app", "postgres")
+        pg_db_properties.check_free_space(server, "app", "postgres")
     message = str(raised.value)
     assert "needs about 1.1 GiB (app is 1000.0 MiB" in message
     assert "1000.0 MiB is free on /var/lib/postgresql/data" in message
@@ -852,7 +854,7 @@ def test_replace_without_room_for_a_second_copy_is_refused_with_the_figures():
 
 def test_replace_with_room_reports_needed_free_and_where():
     server = SpaceServer(size=100 * 1024 * 1024, free_kib=1024 * 1024)
-    space = pg_restore.check_free_space(server, "app", "postgres")
+    space = pg_db_properties.check_free_space(server, "app", "postgres")
     assert space == {
         "needed": 110 * 1024 * 1024,
         "free": 1024 * 1024 * 1024,
