@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -47,6 +48,12 @@ def psql_exec(sql: str, db: str = "appdb") -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
+
+
+HELD_LOCK_SQL = (
+    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+    " WHERE c.relname = 'notes' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+)
 
 
 def play(stack, tmp_path, playbook: str, **extra):
@@ -91,6 +98,12 @@ def test_long_dump_shows_progress_and_still_verifies(stack, tmp_path):
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        # Start the backup only once the lock is held: on a busy machine `compose exec` can
+        # take longer to get it than the backup takes to read the table.
+        deadline = time.monotonic() + 30
+        while psql_exec(HELD_LOCK_SQL) != "1":
+            assert time.monotonic() < deadline, "the test's table lock was not taken in 30 s"
+            time.sleep(0.2)
         result, failures = play(
             stack, tmp_path, "backup.yml", backup_id="it-progress", backup_progress_interval=1
         )
