@@ -1,40 +1,49 @@
 #!/usr/bin/env bash
 # The project's test command: sets up the test bed (idempotent), then runs lint, unit
 # tests, integration tests against the local Docker engine and every Molecule scenario.
-# Ends with pytest's summary line. Extra arguments go to pytest (e.g. -k ledger; -n 0 runs
-# everything in one process).
+# Ends with pytest's summary line. Extra arguments go to pytest (e.g. -k ledger).
 set -o errexit -o nounset -o pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
 export PATH="$ROOT/.venv/bin:$PATH"
-# Two pytest processes side by side. The tests that do not use the Docker engine (lint,
-# unit, and the AWS tests against the local moto server) run in one; every test that uses
-# the engine (integration on the local engine, Molecule) runs in the other, one after
-# another, since they share the engine and its 127.0.0.1 ports. (pytest-xdist's loadgroup
-# did not keep the engine tests on one worker here: module fixtures were set up on both.)
-NO_ENGINE=(tests/lint tests/unit tests/integration/test_s3_transfer.py
-           tests/integration/test_rds_snapshot.py tests/integration/test_aws_runbooks.py
-           tests/integration/test_backup_rds.py)
+# Three pytest processes side by side; they share nothing but the machine:
+# - engine: the integration tests on the local Docker engine, one after another (they share
+#   the engine's 127.0.0.1 ports and compose projects); its output is shown as it comes;
+# - molecule: every Molecule scenario, each on its own docker-in-docker host (no published
+#   ports, own volumes), so they do not touch the engine tests' projects;
+# - other: lint, unit tests and the AWS tests against the local moto server.
+# Most of each run is waiting (health checks, dockerd start-up), so the three overlap well
+# on two cores. (pytest-xdist's loadgroup did not keep related tests on one worker here.)
+OTHER=(tests/lint tests/unit tests/integration/test_s3_transfer.py
+       tests/integration/test_rds_snapshot.py tests/integration/test_aws_runbooks.py
+       tests/integration/test_backup_rds.py)
+MOLECULE=(tests/molecule)
 IGNORE=()
-for path in "${NO_ENGINE[@]}"; do IGNORE+=("--ignore=$path"); done
-OTHER_LOG=$(mktemp)
-ENGINE_LOG=$(mktemp)
-trap 'rm -f "$OTHER_LOG" "$ENGINE_LOG"' EXIT
-pytest -p no:cacheprovider -ra "${NO_ENGINE[@]}" "$@" >"$OTHER_LOG" 2>&1 &
+for path in "${OTHER[@]}" "${MOLECULE[@]}"; do IGNORE+=("--ignore=$path"); done
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+PYTEST=(pytest -p no:cacheprovider -ra --durations=15)
+"${PYTEST[@]}" "${OTHER[@]}" "$@" >"$LOGS/other" 2>&1 &
 other=$!
+"${PYTEST[@]}" "${MOLECULE[@]}" "$@" >"$LOGS/molecule" 2>&1 &
+molecule=$!
 engine_status=0
-pytest -p no:cacheprovider -ra tests "${IGNORE[@]}" "$@" 2>&1 | tee "$ENGINE_LOG" || engine_status=$?
+"${PYTEST[@]}" tests "${IGNORE[@]}" "$@" 2>&1 | tee "$LOGS/engine" || engine_status=$?
 other_status=0
 wait "$other" || other_status=$?
-echo "---- tests without the Docker engine (ran alongside the ones above) ----"
-cat "$OTHER_LOG"
-# One closing line for both runs (exit 5 = nothing selected, e.g. -k matching one side only).
-python3 - "$ENGINE_LOG" "$OTHER_LOG" "$engine_status" "$other_status" <<'PY'
+molecule_status=0
+wait "$molecule" || molecule_status=$?
+echo "---- Molecule scenarios (ran alongside the tests above) ----"
+cat "$LOGS/molecule"
+echo "---- tests without the Docker engine (ran alongside the tests above) ----"
+cat "$LOGS/other"
+# One closing line for the three runs (exit 5 = nothing selected, e.g. -k matching one side).
+python3 - "$LOGS/engine" "$LOGS/molecule" "$LOGS/other" <<'PY'
 import re, sys
 
 totals = {}
-for path in sys.argv[1:3]:
+for path in sys.argv[1:]:
     lines = [l for l in open(path, errors="replace") if re.match(r"^=+ .* in [0-9.]+s", l)]
     for count, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", lines[-1] if lines else ""):
         word = "errors" if word.startswith("error") else word
@@ -43,7 +52,7 @@ order = ["passed", "failed", "errors", "skipped", "xfailed", "xpassed"]
 print("== " + ", ".join(f"{totals.get(w, 0)} {w}" for w in order if w in totals or w in ("passed", "failed")) + " ==")
 PY
 status=0
-for s in "$engine_status" "$other_status"; do
+for s in "$engine_status" "$molecule_status" "$other_status"; do
   if [ "$s" != 0 ] && [ "$s" != 5 ]; then status=$s; fi
 done
 exit "$status"
