@@ -74,8 +74,10 @@ options:
       - The set this run writes. Required with O(state=sealed).
       - With O(state=locked), empty chooses the current UTC time (C(20261129T030000Z)).
       - With O(state=query), the set to restore (RV(selected)); V(latest) is the newest set
-        that is not a safety set (C(pre-restore-*)). The module fails, listing the sets,
-        when it is not complete and verified.
+        that is neither a safety set (C(pre-restore-*)) nor an RDS snapshot record
+        (C(kind=rds)). The module fails, listing the sets, when it is not complete and
+        verified; for an RDS record (named, or the only sets there are) it names the
+        C(playbooks/rds_restore.yml) command that restores the snapshot.
     type: str
   lock_stale_hours:
     description: With O(state=locked), a held lock older than this is reported as probably stale.

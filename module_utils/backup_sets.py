@@ -217,17 +217,49 @@ LATEST = "latest"
 SAFETY_PREFIX = "pre-restore-"
 
 
+def _rds_restore_hint(record: BackupSet) -> str:
+    """The rds_restore.yml command line that restores the snapshot an RDS record names."""
+    meta = record.meta
+    return (
+        "ansible-playbook playbooks/rds_restore.yml"
+        f" -e rds_restore_region={meta.get('region') or 'REGION'}"
+        f" -e rds_restore_snapshot={meta.get('snapshot_identifier') or 'SNAPSHOT'}"
+        " -e rds_restore_target=NEW_INSTANCE"
+    )
+
+
 def select_set(sets: list[BackupSet], backup_id: str, where: str) -> dict:
     """The complete, verified set ``backup_id`` (as listed), for a restore.
 
-    ``latest`` is the newest one that is not a safety set taken before a replace restore
-    (``pre-restore-*``). Otherwise a BackupSetError lists what exists.
+    ``latest`` is the newest container dump set: not a safety set taken before a replace
+    restore (``pre-restore-*``) and not an RDS snapshot record (``kind: rds``, restored by
+    playbooks/rds_restore.yml). Otherwise a BackupSetError lists what exists; a request that
+    can only find RDS records names them and the rds_restore.yml command.
     """
     complete = [s for s in sets if s.complete]
+    rds = [s for s in complete if s.meta.get("kind") == "rds"]
     if backup_id == LATEST:
-        found = [s for s in complete if not s.backup_id.startswith(SAFETY_PREFIX)][:1]
+        found = [
+            s for s in complete
+            if not s.backup_id.startswith(SAFETY_PREFIX) and s.meta.get("kind") != "rds"
+        ][:1]  # fmt: skip
+        if not found and rds:
+            raise BackupSetError(
+                f"No container backup set in {where}: only RDS snapshot records (kind rds, "
+                f"newest first: {', '.join(s.backup_id for s in rds)}), which a restore into "
+                "the database container cannot use. Nothing was changed. Restore the snapshot "
+                f"into a new RDS instance with `{_rds_restore_hint(rds[0])}`, or take a "
+                "container backup with playbooks/backup.yml (backup_target=docker)."
+            )
     else:
         found = [s for s in complete if s.backup_id == backup_id]
+        if found and found[0].meta.get("kind") == "rds":
+            raise BackupSetError(
+                f"Backup set '{backup_id}' in {where} is an RDS snapshot record (kind rds), not "
+                "a container dump. Nothing was changed. Restore the snapshot into a new RDS "
+                f"instance with `{_rds_restore_hint(found[0])}`, or pass -e "
+                "restore_backup_id=latest for the newest container backup set."
+            )
     if found and found[0].verified:
         return found[0].as_dict()
     incomplete = [s.backup_id for s in sets if not s.complete]
