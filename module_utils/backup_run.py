@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from ansible.module_utils.backup_retention import Policy, delete_sets, plan_retention, start_set
 from ansible.module_utils.backup_sets import (
     FAILURE_FILE,
     METRICS_FILE,
@@ -28,9 +29,7 @@ from ansible.module_utils.backup_sets import (
     failure_text,
     list_sets,
     metrics_text,
-    prune,
     release_run,
-    select_keep,
     set_path,
     write_metric_file,
     write_set,
@@ -89,6 +88,13 @@ def take_set(params: dict, check_mode: bool) -> dict:
 
 def _take(params: dict, set_dir: str, existed: bool, check_mode: bool) -> dict:
     requests = dump_requests(params)
+    if not check_mode:
+        # The start marker makes the set ours (retention deletes nothing else) and says
+        # whether it is a scheduled or a safety set; a foreign directory is refused here.
+        start_set(
+            set_dir, params["backup_id"], params.get("purpose") or "scheduled", params["host"],
+            params["project"],
+        )  # fmt: skip
     dumps = [run_backup(request, check_mode=check_mode) for request in requests]
     result = {
         "changed": any(d["changed"] for d in dumps),
@@ -194,17 +200,13 @@ def _release(params: dict) -> bool:
 def finish(params: dict, check_mode: bool, result: dict) -> dict:
     """Retention (when asked), metrics (when metrics_dir is set) and the lock's release."""
     sets = list_sets(params["path"])
-    deleted, kept = [], {}
+    deleted, kept, left_alone = [], {}, {}
     if params.get("retention"):
-        for name in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
-            if params[name] < 0:
-                raise BackupSetError(f"{name} must be 0 or more, got {params[name]}.")
-        kept = select_keep(
-            sets, params["keep_last"], params["keep_daily"], params["keep_weekly"],
-            params["keep_monthly"],
-        )  # fmt: skip
-        doomed = prune(sets, kept, params["incomplete_max_age_hours"], check_mode)
-        gone = {b.backup_id for b in doomed}
+        plan = plan_retention(sets, retention_policy(params))
+        if not check_mode:
+            delete_sets(plan.delete)
+        kept, left_alone = plan.keep, plan.left_alone
+        gone = {b.backup_id for b in plan.delete}
         deleted = sorted(gone)
         if params.get("diff"):
             result["diff"] = {
@@ -221,6 +223,7 @@ def finish(params: dict, check_mode: bool, result: dict) -> dict:
         incomplete=[b.backup_id for b in sets if not b.complete],
         deleted=deleted,
         kept=kept,
+        left_alone=left_alone,
         changed=result.get("changed", False) or bool(deleted),
     )
     if params.get("metrics_dir"):
@@ -241,6 +244,18 @@ def finish(params: dict, check_mode: bool, result: dict) -> dict:
     result["msg"] = f"{result['msg']} {summary}" if result.get("msg") else summary
     result["released"] = False if check_mode else _release(params)
     return result
+
+
+def retention_policy(params: dict) -> Policy:
+    """The retention policy of the module's parameters."""
+    return Policy(
+        keep_last=params["keep_last"],
+        keep_daily=params["keep_daily"],
+        keep_weekly=params["keep_weekly"],
+        keep_monthly=params["keep_monthly"],
+        keep_safety=params.get("keep_safety", Policy.keep_safety),
+        incomplete_max_age_hours=params["incomplete_max_age_hours"],
+    )
 
 
 def _human(size: int) -> str:

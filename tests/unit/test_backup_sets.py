@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils import backup_run
+from ansible.module_utils.backup_retention import (
+    MARKER_FILE,
+    Policy,
+    delete_sets,
+    plan_retention,
+    select_keep,
+)
 from ansible.module_utils.backup_sets import (
     DUMP_KEYS,
     SET_FILE,
@@ -19,9 +26,7 @@ from ansible.module_utils.backup_sets import (
     list_sets,
     metrics_text,
     open_run,
-    prune,
     read_set,
-    select_keep,
     select_set,
     set_path,
     write_metric_file,
@@ -35,9 +40,16 @@ ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
 
-def make_set(backup_dir: Path, backup_id: str, created: datetime, verified=True, sealed=True):
+def make_set(
+    backup_dir: Path, backup_id: str, created: datetime, verified=True, sealed=True,
+    purpose="scheduled",
+):  # fmt: skip
+    """A set of ours (start marker with ``purpose``; None: no marker)."""
     path = backup_dir / backup_id
     path.mkdir(parents=True)
+    if purpose:
+        marker = {"owner": "opsauto", "backup_id": backup_id, "purpose": purpose}
+        (path / MARKER_FILE).write_text(json.dumps(marker))
     (path / "appdb.dump").write_bytes(b"PGDMP" + backup_id.encode())
     if sealed:
         meta = {"backup_id": backup_id, "created": created.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -94,6 +106,15 @@ def test_daily_weekly_monthly_buckets(tmp_path):
     assert len(kept) < 70
 
 
+def prune(sets, keep_last, dry_run=False, now=None, **policy):
+    """Plan retention with keep_last only (and ``policy``); delete unless dry_run."""
+    options = {"keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, **policy}
+    plan = plan_retention(sets, Policy(keep_last=keep_last, **options), now=now)
+    if not dry_run:
+        delete_sets(plan.delete)
+    return plan.delete
+
+
 def test_newest_verified_set_is_never_deleted(tmp_path):
     make_set(tmp_path, "old-verified", START - timedelta(days=2), verified=True)
     make_set(tmp_path, "new-unverified-1", START - timedelta(days=1), verified=False)
@@ -101,15 +122,14 @@ def test_newest_verified_set_is_never_deleted(tmp_path):
     sets = list_sets(str(tmp_path))
     reasons = select_keep(sets, 1, 0, 0, 0)
     assert reasons["old-verified"] == ["newest-verified"]
-    doomed = prune(sets, reasons, 24, dry_run=False)
+    doomed = prune(sets, 1)
     assert [d.backup_id for d in doomed] == ["new-unverified-1"]
     assert (tmp_path / "old-verified" / "appdb.dump").exists()
 
 
 def test_prune_dry_run_deletes_nothing(tmp_path):
     daily_sets(tmp_path, 5)
-    sets = list_sets(str(tmp_path))
-    doomed = prune(sets, select_keep(sets, 2, 0, 0, 0), 24, dry_run=True)
+    doomed = prune(list_sets(str(tmp_path)), 2, dry_run=True)
     assert len(doomed) == 3
     assert len(list(tmp_path.iterdir())) == 5
 
@@ -120,8 +140,7 @@ def test_incomplete_sets_pruned_only_when_old(tmp_path):
     old = make_set(tmp_path, "old", START, sealed=False)
     os.utime(old, (0, (START - timedelta(hours=30)).timestamp()))
     os.utime(young, (0, (START - timedelta(hours=1)).timestamp()))
-    sets = list_sets(str(tmp_path))
-    doomed = prune(sets, select_keep(sets, 1, 0, 0, 0), 24, False, now=START.timestamp())
+    doomed = prune(list_sets(str(tmp_path)), 1, now=START.timestamp())
     assert [d.backup_id for d in doomed] == ["old"]
     assert young.exists()
     assert not old.exists()
