@@ -32,9 +32,18 @@ description:
     O(state=sealed)), writes the
     node_exporter metrics of the newest set to O(metrics_dir) and, with O(lock_held),
     releases the run lock.
-  - Retention deletes complete sets that the keep-last/daily/weekly/monthly policy does not
-    keep and incomplete sets (no C(SET.json)) older than O(incomplete_max_age_hours). The
-    newest verified set is never deleted, whatever the policy.
+  - O(state=sealed) first writes the start marker C(.opsauto-set.json) into the set's
+    directory (its O(purpose), time, host, project); an existing directory that is not a
+    set of this project is refused. Retention deletes only sets it recognises as its own,
+    a start marker, or (sets made before the marker existed) a C(SET.json) with every key
+    of this project's schema whose C(backup_id) is the directory's name. Foreign
+    directories and RDS snapshot records (C(kind=rds), pruned with their snapshots) are
+    left alone (RV(left_alone)). See docs/backup.md.
+  - Retention keeps scheduled sets by the keep-last/daily/weekly/monthly policy counted
+    among scheduled sets only, and safety sets (taken before a replace restore) by their
+    own count O(keep_safety), so safety sets never displace scheduled ones. It deletes
+    our incomplete sets (no C(SET.json)) older than O(incomplete_max_age_hours). The
+    newest verified scheduled set is never deleted, whatever the policy.
 options:
   path:
     description: Backup directory holding one sub-directory per set.
@@ -65,8 +74,19 @@ options:
     description: Keep the newest set of each of the last N months that have sets.
     type: int
     default: 6
+  keep_safety:
+    description: Keep the newest N safety sets (O(purpose=safety), taken before a replace
+      restore); at least 1. They do not count towards the other keep options.
+    type: int
+    default: 3
+  purpose:
+    description: With O(state=sealed), what the set is for, recorded in its start marker
+      and used by retention. V(safety) is the restore role's backup before a replace.
+    type: str
+    choices: [scheduled, safety]
+    default: scheduled
   incomplete_max_age_hours:
-    description: Delete incomplete sets (a run that died before sealing) older than this.
+    description: Delete incomplete sets of ours (a run that died before sealing) older than this.
     type: float
     default: 24
   backup_id:
@@ -241,7 +261,12 @@ deleted:
   type: list
   elements: str
 kept:
-  description: Kept set ids with the reasons (last, daily, weekly, monthly, newest-verified).
+  description: Kept set ids with the reasons (last, daily, weekly, monthly, newest-verified,
+    safety).
+  returned: when pruning
+  type: dict
+left_alone:
+  description: Directories retention does not judge, with the reason (foreign, RDS record).
   returned: when pruning
   type: dict
 backup_id:
@@ -370,6 +395,8 @@ def main() -> None:
             "keep_daily": {"type": "int", "default": 7},
             "keep_weekly": {"type": "int", "default": 4},
             "keep_monthly": {"type": "int", "default": 6},
+            "keep_safety": {"type": "int", "default": 3},
+            "purpose": {"type": "str", "choices": ["scheduled", "safety"], "default": "scheduled"},
             "incomplete_max_age_hours": {"type": "float", "default": 24},
             "backup_id": {"type": "str"},
             "lock_stale_hours": {"type": "float", "default": 6},

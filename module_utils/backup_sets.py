@@ -1,5 +1,5 @@
-"""Backup sets on disk: their description (SET.json), listing, the retention policy (keep
-last / daily / weekly / monthly), the run lock and the node_exporter metrics.
+"""Backup sets on disk: their description (SET.json), listing, the run lock and the
+node_exporter metrics (the retention policy is in backup_retention.py).
 
 A backup set is a directory <backup_dir>/<backup_id>/ holding dumps, their manifests, a
 config snapshot and SET.json. SET.json is written last: a directory without it is an
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -269,70 +268,6 @@ def select_set(sets: list[BackupSet], backup_id: str, where: str) -> dict:
         + (f"; incomplete (not restorable): {', '.join(incomplete)}" if incomplete else "")
         + ". Take one with playbooks/backup.yml or pass -e restore_backup_id=ID."
     )
-
-
-def select_keep(
-    sets: list[BackupSet], keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int
-) -> dict[str, list[str]]:
-    """Map backup_id -> reasons it is kept. Only complete sets are considered.
-
-    The newest verified set is always kept, whatever the policy says.
-    """
-    complete = [s for s in sets if s.complete]
-    reasons: dict[str, list[str]] = {}
-
-    def keep(backup: BackupSet, why: str) -> None:
-        reasons.setdefault(backup.backup_id, []).append(why)
-
-    for backup in complete[: max(keep_last, 0)]:
-        keep(backup, "last")
-    buckets = (
-        ("daily", keep_daily, "%Y-%m-%d"),
-        ("weekly", keep_weekly, "%G-W%V"),
-        ("monthly", keep_monthly, "%Y-%m"),
-    )
-    for name, count, fmt in buckets:
-        seen: set[str] = set()
-        for backup in complete:
-            if len(seen) >= count:
-                break
-            bucket = backup.created.strftime(fmt)
-            if bucket not in seen:
-                seen.add(bucket)
-                keep(backup, name)
-    verified = [s for s in complete if s.verified]
-    if verified:
-        keep(verified[0], "newest-verified")
-    return reasons
-
-
-def prune(
-    sets: list[BackupSet],
-    keep_reasons: dict[str, list[str]],
-    incomplete_max_age_hours: float,
-    dry_run: bool,
-    now: float | None = None,
-) -> list[BackupSet]:
-    """Delete complete sets not kept and incomplete sets older than the limit."""
-    now = time.time() if now is None else now
-    doomed = []
-    for backup in sets:
-        if backup.complete and backup.backup_id not in keep_reasons:
-            doomed.append(backup)
-        elif not backup.complete:
-            age_h = (now - backup.created.timestamp()) / 3600
-            if age_h >= incomplete_max_age_hours:
-                doomed.append(backup)
-    if not dry_run:
-        for backup in doomed:
-            try:
-                shutil.rmtree(backup.path)
-            except OSError as exc:
-                raise BackupSetError(
-                    f"cannot delete expired set {backup.path}: {exc.strerror or exc}. "
-                    "Check permissions and free space, then re-run."
-                ) from None
-    return doomed
 
 
 LOCK_NAME = ".lock"
