@@ -120,6 +120,23 @@ options:
         Has no effect on plain dumps (they carry C(ALTER ... OWNER) statements).
     type: bool
     default: false
+  restore_globals:
+    description:
+      - V(missing) first creates the roles that the set's globals dump (O(globals_path)) holds
+        and the server lacks - C(CREATE ROLE) with the attributes and password hash the dump
+        recorded, the role's own settings and its memberships - in one transaction, after
+        that dump was checked against its manifest. A role that exists is never changed (not
+        its password, attributes, settings or memberships).
+      - V(none) creates no role; a missing role fails the restore (rolled back), naming the
+        roles and the ways out.
+    type: str
+    choices: [missing, none]
+    default: none
+  globals_path:
+    description:
+      - The set's globals dump (C(globals.sql), or C(globals.sql.age)), with its manifest
+        beside it. Needed by O(restore_globals=missing).
+    type: path
   keep_previous:
     description:
       - With O(mode=replace), keep the replaced database renamed as C({database}__pre_{backup_id})
@@ -258,6 +275,14 @@ previous_database:
   returned: always
   type: str
   sample: app__pre_nightly-2024-05-02
+roles_created:
+  description:
+    - Roles created from the globals dump (O(restore_globals=missing)); in check mode, those
+      that would be.
+  returned: when the module got as far as restoring
+  type: list
+  elements: str
+  sample: [app, reporting]
 database_properties:
   description:
     - With O(mode=replace), what was read from the live database and given to the restored one
@@ -342,6 +367,8 @@ ARGUMENT_SPEC = {
     "jobs": {"type": "int", "default": 1},
     "owner": {"type": "str"},
     "no_owner": {"type": "bool", "default": False},
+    "restore_globals": {"type": "str", "choices": ["missing", "none"], "default": "none"},
+    "globals_path": {"type": "path"},
     "keep_previous": {"type": "bool", "default": True},
     "verify_rows": {"type": "bool", "default": True},
     "rows_timeout": {"type": "int"},

@@ -33,6 +33,7 @@ from ansible.module_utils.pg_db_properties import (
     database_properties,
 )
 from ansible.module_utils.pg_dump import verify_archive
+from ansible.module_utils.pg_globals import create_missing_roles
 from ansible.module_utils.pg_session import SESSION_TIMEOUT, Background, PgContainer
 from ansible.module_utils.pg_swap import MARK_SQL, drop_database, repair_interrupted, swap_in
 from ansible.module_utils.pipelines import feed_command
@@ -264,6 +265,11 @@ def run_restore(params, check_mode=False):
     )
     if replacing:
         result["space"] = check_free_space(pg, target, maintenance_db)
+    # restore_globals=missing: the dump's roles the server lacks, from the set's globals
+    result["roles_created"] = create_missing_roles(
+        pg, params, maintenance_db, check_mode,
+        lambda p, m: verify_backup(pg, p, m, identity), lambda p, m: plaintext_of(p, m, identity),
+    )  # fmt: skip
     if check_mode:
         if replacing:
             action = (
@@ -455,8 +461,9 @@ def raise_missing_roles(exc, pg, backup_id, target):
         raise PgError(
             f"backup {backup_id} needs role(s) {', '.join(missing)}, which do not exist on the "
             f"server in container {pg.container}: the restore was rolled back and {target} is "
-            "untouched. Either create the roles first (the set's globals.sql holds their "
-            "CREATE ROLE statements), or restore with no_owner=true (role variable "
+            "untouched. Either create the missing roles from the set's globals.sql "
+            "(restore_globals=missing with globals_path; role variable restore_globals: roles "
+            "that exist are never changed), or restore with no_owner=true (role variable "
             "restore_no_owner: pg_restore --no-owner --no-acl, objects owned by the login user "
             "and no GRANTs; custom and directory dumps only)"
         ) from None

@@ -968,7 +968,8 @@ def test_missing_roles_are_named_with_both_ways_out():
     with pytest.raises(ops_errors.PgError) as raised:
         pg_restore.raise_missing_roles(exc, RecordingServer(), "b1", "app")
     message = str(raised.value)
-    for phrase in ("ghost_owner", "no_owner=true", "restore_no_owner", "globals.sql", "untouched"):
+    phrases = ("ghost_owner", "no_owner=true", "restore_no_owner", "globals.sql", "untouched")
+    for phrase in (*phrases, "restore_globals=missing"):
         assert phrase in message
     other = ops_errors.CommandError("pg_restore failed", 1, "ERROR:  disk full")
     assert pg_restore.raise_missing_roles(other, RecordingServer(), "b1", "app") is None
