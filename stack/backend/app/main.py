@@ -313,6 +313,19 @@ def version():
     return {"version": APP_VERSION, "hostname": socket.gethostname()}
 
 
+SLOW_MAX_SECONDS = 120.0
+
+
+@app.get("/slow")
+def slow(seconds: float = 1.0):
+    """Answers after ``seconds`` (at most SLOW_MAX_SECONDS): a long request for the rollout
+    tests (the drain before old replicas stop must let it finish)."""
+    if not 0 <= seconds <= SLOW_MAX_SECONDS:
+        raise HTTPException(status_code=422, detail=f"seconds must be 0..{SLOW_MAX_SECONDS:g}")
+    time.sleep(seconds)
+    return {"slept": seconds, "version": APP_VERSION, "hostname": HOSTNAME}
+
+
 @app.get("/metrics")
 def metrics():
     return Response(content=generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""Rollouts under a client that never retries (issue 12, docs/rollout.md).
+
+scripts/loadgen.py --no-retry: 4 threads, one keep-alive connection each, GET and POST, no
+retry of any kind. Every routine switch of the backend (rolling restart, scale out and in,
+deploy of another release, rollback) must leave it with 0 failed GETs and 0 failed POSTs.
+Also: one-off containers are never replicas, a request longer than the old fixed 2 s drain
+finishes, nginx's configuration reload is confirmed by a new worker generation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, compose_down, run, run_playbook
+
+PROJECT = "opsauto-it-strict"
+HTTP_PORT = 18490
+PROM_PORT = 19490
+ROUNDS = 2  # rolling restarts in the load test
+
+
+@pytest.fixture(scope="module")
+def project_dir(tmp_path_factory, docker_ready):
+    path = tmp_path_factory.mktemp("strict") / PROJECT
+    yield path
+    compose_down(PROJECT)
+
+
+def play(tmp_path, project_dir, playbook, **extravars):
+    variables = {
+        "stack_project_name": PROJECT,
+        "stack_project_dir": str(project_dir),
+        "stack_http_port": HTTP_PORT,
+        "stack_prometheus_port": PROM_PORT,
+        "stack_db_password": "integration-password-5",
+        "deploy_backend_replicas": 2,
+        "deploy_health_timeout": 90,
+    }
+    variables.update(extravars)
+    return run_playbook(tmp_path, f"{playbook}.yml", variables)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, project_dir):
+    result, failures = play(tmp_path_factory.mktemp("deploy"), project_dir, "deploy")
+    assert result.rc == 0, failures
+    return project_dir
+
+
+def backends() -> list[str]:
+    out = run(
+        ["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}",
+         "--filter", "label=com.docker.compose.service=backend", "--format", "{{.Names}}"]
+    ).stdout  # fmt: skip
+    return sorted(out.split())
+
+
+class Load:
+    """scripts/loadgen.py in the background as the strict client; stop() returns its summary."""
+
+    def __init__(self, tmp_path, path="/version"):
+        self.stop_file = tmp_path / "loadgen.stop"
+        self.out = tmp_path / "loadgen.json"
+        argv = [sys.executable, str(ROOT / "scripts" / "loadgen.py"),
+                "--url", f"http://127.0.0.1:{HTTP_PORT}{path}", "--workers", "4",
+                "--duration", "600", "--interval", "0.01", "--no-retry", "--post-every", "3",
+                "--stop-file", str(self.stop_file), "--out", str(self.out)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+
+    def stop(self) -> dict:
+        self.stop_file.touch()
+        _, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return json.loads(self.out.read_text())
+
+
+def test_routine_switches_fail_no_request_of_a_client_that_never_retries(tmp_path, stack):
+    load = Load(tmp_path)
+    try:
+        steps = [("restart", {"restart_services": ["backend"], "restart_mode": "rolling"})]
+        steps *= ROUNDS
+        steps += [
+            ("scale", {"scale_replicas": {"backend": 3}}),
+            ("scale", {"scale_replicas": {"backend": 2}}),
+            ("deploy", {"deploy_backend_tag": "1.0.0"}),
+            ("rollback", {}),
+        ]
+        for number, (playbook, extravars) in enumerate(steps):
+            result, failures = play(tmp_path / f"step{number}", stack, playbook, **extravars)
+            assert result.rc == 0, (playbook, failures)
+    finally:
+        summary = load.stop()
+    print(json.dumps(summary))
+    assert summary["retries"] == "none"
+    assert summary["get"]["total"] > 200, summary
+    assert summary["post"]["total"] > 100, summary
+    # Keep-alive: far fewer connections than requests (one per worker plus reconnects).
+    assert summary["connections"] < summary["total"] / 10, summary
+    assert (summary["get"]["failed"], summary["post"]["failed"]) == (0, 0), summary
+
+
+def test_one_off_containers_are_not_replicas(tmp_path, stack):
+    oneoff = f"{PROJECT}-oneoff-test"
+    proc = run(
+        ["docker", "compose", "--project-directory", str(stack), "-p", PROJECT, "run", "-d",
+         "--no-deps", "--name", oneoff, "backend", "sleep", "300"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    try:
+        before = backends()
+        assert oneoff in before
+        result, failures = play(tmp_path, stack, "scale", scale_replicas={"backend": 2})
+        assert result.rc == 0, failures
+        assert backends() == before  # nothing to do: the one-off is not a third replica
+        result, failures = play(
+            tmp_path / "rolling", stack, "restart", restart_services=["backend"],
+            restart_mode="rolling",
+        )  # fmt: skip
+        assert result.rc == 0, failures
+        after = backends()
+        assert oneoff in after  # left alone, still running
+        assert len(after) == 3
+        assert not (set(before) - {oneoff}) & set(after)  # both replicas were replaced
+    finally:
+        run(["docker", "rm", "-f", oneoff])
+
+
+def test_a_request_longer_than_the_old_drain_and_grace_finishes_in_a_rolling_restart(
+    tmp_path, stack
+):
+    # Before: 2 s drain, then docker stop with the compose stop_grace_period of 15 s.
+    answer = {}
+
+    def slow():
+        url = f"http://127.0.0.1:{HTTP_PORT}/slow?seconds=20"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                answer["status"] = resp.status
+        except OSError as exc:
+            answer["error"] = repr(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(1)
+    result, failures = play(
+        tmp_path, stack, "restart", restart_services=["backend"], restart_mode="rolling"
+    )
+    thread.join(60)
+    assert result.rc == 0, failures
+    assert answer == {"status": 200}
