@@ -106,7 +106,45 @@ def aws_module(argument_spec, required_if):
     )
     if not params["region"]:
         module.fail_json(msg="no AWS region: set region (or AWS_REGION for the task)")
+    problem = region_problem(boto3, params) or credentials_problem(boto3, params)
+    if problem:
+        module.fail_json(msg=problem)
     return module, params
+
+
+def region_problem(boto3, params):
+    """A message when ``region`` (or ``source_region``) is no region botocore knows.
+
+    With a region typo, real AWS fails on a DNS lookup of a host name that does not exist
+    and an endpoint_url (a test server) accepts anything: both hide the typo.
+    """
+    import difflib
+
+    session = boto3.session.Session()
+    known = set()
+    for partition in session.get_available_partitions():
+        known.update(session.get_available_regions("ec2", partition_name=partition))
+    for option in ("region", "source_region"):
+        value = params.get(option)
+        if value and known and value not in known:
+            near = difflib.get_close_matches(value, sorted(known), n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            return (
+                f"{option} {value!r} is not an AWS region name{hint}. Nothing was called. "
+                f"Give a region such as eu-west-1 (aws ec2 describe-regions lists them); a "
+                f"region newer than this botocore needs `pip install -U botocore`"
+            )
+    return None
+
+
+def credentials_problem(boto3, params):
+    """A message when boto3 finds no credentials for these options (checked before any
+    call, so a runbook stops at its first task instead of failing every check with it)."""
+    if params.get("access_key") or params.get("profile"):
+        return None  # given explicitly; a missing profile is explained by make_client
+    if boto3.session.Session().get_credentials() is None:
+        return f"no AWS credentials found. Nothing was called. Fix: {CREDENTIALS_FIX}"
+    return None
 
 
 def module_client(params, region, service="rds", attempts=5):
