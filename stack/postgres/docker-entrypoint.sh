@@ -7,6 +7,12 @@
 #   POSTGRES_USER     superuser name            (default: postgres)
 #   POSTGRES_DB       database created at init  (default: $POSTGRES_USER)
 #   POSTGRES_INITDB_ARGS  extra initdb arguments (optional)
+#   APP_DB_USER       application role (optional; or APP_DB_USER_FILE): created at init
+#                     as a LOGIN role that is NOT a superuser, owning $POSTGRES_DB
+#   APP_DB_PASSWORD   its password (required with APP_DB_USER; or APP_DB_PASSWORD_FILE)
+# With an APP_DB_USER other than POSTGRES_USER, POSTGRES_PASSWORD may be empty: the
+# superuser then has no password and is reachable only through the container's local
+# socket (docker exec ... psql -U $POSTGRES_USER), never over TCP.
 #   PGDATA            data directory (image default /var/lib/postgresql/data)
 # Scripts in /docker-entrypoint-initdb.d (*.sh, *.sql, *.sql.gz) run once,
 # right after the first initdb.
@@ -56,31 +62,44 @@ if [ "$1" = 'postgres' ]; then
     file_env POSTGRES_USER postgres
     file_env POSTGRES_DB "$POSTGRES_USER"
     file_env POSTGRES_INITDB_ARGS
+    file_env APP_DB_USER
+    file_env APP_DB_PASSWORD
 
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
-        if [ -z "$POSTGRES_PASSWORD" ]; then
-            die "database is uninitialized and POSTGRES_PASSWORD is not set"
+        app_role=
+        if [ -n "$APP_DB_USER" ] && [ "$APP_DB_USER" != "$POSTGRES_USER" ]; then
+            app_role=$APP_DB_USER
+            [ -n "$APP_DB_PASSWORD" ] || die "APP_DB_USER is set but APP_DB_PASSWORD is not"
+        fi
+        if [ -z "$POSTGRES_PASSWORD" ] && [ -z "$app_role" ]; then
+            die "database is uninitialized and POSTGRES_PASSWORD is not set (it may be empty only with an APP_DB_USER other than POSTGRES_USER)"
         fi
         log "initializing database cluster in $PGDATA (superuser '$POSTGRES_USER')"
 
-        # Password goes through a private temp file, never through argv.
-        pwfile="$(mktemp)"
-        chmod 0600 "$pwfile"
-        printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+        # Password goes through a private temp file, never through argv. No password:
+        # the superuser can log in only through the local socket (trust, below).
+        pwfile=
+        pwargs=()
+        if [ -n "$POSTGRES_PASSWORD" ]; then
+            pwfile="$(mktemp)"
+            chmod 0600 "$pwfile"
+            printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+            pwargs=(--pwfile="$pwfile")
+        fi
         # shellcheck disable=SC2086  # POSTGRES_INITDB_ARGS is word-split on purpose
         if ! initdb \
                 --pgdata="$PGDATA" \
                 --username="$POSTGRES_USER" \
-                --pwfile="$pwfile" \
+                "${pwargs[@]}" \
                 --auth-local=trust \
                 --auth-host=scram-sha-256 \
                 --encoding=UTF8 \
                 --locale=C.UTF-8 \
                 $POSTGRES_INITDB_ARGS; then
-            rm -f "$pwfile"
+            [ -z "$pwfile" ] || rm -f "$pwfile"
             die "initdb failed"
         fi
-        rm -f "$pwfile"
+        [ -z "$pwfile" ] || rm -f "$pwfile"
 
         cat > "$PGDATA/pg_hba.conf" <<'HBA'
 # TYPE  DATABASE        USER            ADDRESS                 METHOD
@@ -109,6 +128,19 @@ CONF
             "${psql_base[@]}" --dbname postgres \
                 --set db="$POSTGRES_DB" --set owner="$POSTGRES_USER" \
                 <<<'CREATE DATABASE :"db" OWNER :"owner";'
+        fi
+
+        if [ -n "$app_role" ]; then
+            # The application's role: not a superuser, owner of the application database
+            # (and so of its public schema). The password reaches psql through its
+            # environment (\getenv), never argv.
+            log "creating application role '$app_role' (not a superuser), owner of '$POSTGRES_DB'"
+            "${psql_base[@]}" --dbname postgres \
+                --set app_user="$app_role" --set db="$POSTGRES_DB" <<'SQL'
+\getenv app_password APP_DB_PASSWORD
+CREATE ROLE :"app_user" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD :'app_password';
+ALTER DATABASE :"db" OWNER TO :"app_user";
+SQL
         fi
 
         if [ -d /docker-entrypoint-initdb.d ]; then
