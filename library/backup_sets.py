@@ -12,11 +12,18 @@ description:
     newest first, and finds the latest complete one.
   - With O(state=locked), starts a backup run in one step. It creates O(path) (mode C(0700),
     owned by root when run as root) and takes the run lock O(path)C(/.lock), a directory
-    made with C(mkdir), which is atomic. It returns the set's id (a UTC timestamp when
-    O(backup_id) is empty) and directory, and whether the set exists already. When another
-    run holds the lock, the module fails, says since when, and advises removing the lock only
-    when it is older than O(lock_stale_hours). It also checks O(encrypt_recipients) and, when
-    there are any, that C(age) is installed, before anything is written.
+    with its holder record (controller host, C(ansible-playbook) pid, the host's boot id,
+    start time) published in one rename (module_utils/op_lock.py, as the stack's operation
+    lock M(op_lock)). It returns the set's id (a UTC timestamp when O(backup_id) is empty)
+    and directory, and whether the set exists already. A stale lock (no record, the host
+    rebooted since, or its controller process has ended on this controller, checked by the
+    action plugin) is broken with a warning. When a live run holds the lock, the module
+    fails naming it (RV(held_by)), and advises removing the lock by hand only when it is
+    older than O(lock_stale_hours). It also checks O(encrypt_recipients) and, when there are
+    any, that C(age) is installed, before anything is written.
+  - With O(state=failed), records a failed run for monitoring (the failure metric in
+    O(metrics_dir)); the backup role runs it when any step fails (the lock and the pre-flight
+    included).
   - With O(state=sealed), takes the set O(backup_id) in one module run. It dumps each of
     O(databases) and, with O(globals), the cluster globals (as M(pg_backup) does; streamed,
     verified with C(pg_restore --list) or the plain dump's trailer, sha256 and row counts in
@@ -55,8 +62,9 @@ options:
       - V(locked) prepares the directory and takes the run lock (see above). In check mode
         the lock is not taken.
       - V(sealed) dumps, snapshots and writes C(SET.json) (see above).
+      - V(failed) writes the failure metric (see above).
     type: str
-    choices: [query, pruned, locked, sealed]
+    choices: [query, pruned, locked, sealed, failed]
     default: query
   keep_last:
     description: Keep the newest N complete sets.
@@ -100,9 +108,19 @@ options:
         C(playbooks/rds_restore.yml) command that restores the snapshot.
     type: str
   lock_stale_hours:
-    description: With O(state=locked), a held lock older than this is reported as probably stale.
+    description: With O(state=locked), a live holder's lock older than this gets the advice to
+      remove it by hand if that run is gone (a holder on another controller is never broken
+      automatically).
     type: float
     default: 6
+  controller:
+    description: With O(state=locked), the controller's identity (C(host), C(pid), C(pid_start))
+      recorded in the lock; set by the action plugin C(action_plugins/backup_sets.py).
+    type: dict
+  break_token:
+    description: Set by the action plugin - the token of a lock whose controller process has
+      ended; that lock is broken as stale.
+    type: str
   lock_held:
     description: This run holds the run lock (RV(locked) of O(state=locked)); the module
       releases it when the run ends here (see above).
@@ -287,6 +305,19 @@ locked:
   description: Whether this run took the lock (false only in check mode).
   returned: when O(state=locked)
   type: bool
+holder:
+  description: The record of the run lock taken (token, operation, controller, boot_id, started).
+  returned: when O(state=locked)
+  type: dict
+broken:
+  description: The stale locks broken before taking it, each with its reason.
+  returned: when O(state=locked)
+  type: list
+  elements: str
+held_by:
+  description: On failure of O(state=locked), the record of the live run that holds the lock.
+  returned: when another run holds the lock
+  type: dict
 lock:
   description: Path of the lock directory.
   returned: when O(state=locked)
@@ -338,9 +369,11 @@ from ansible.module_utils.backup_sets import (
     list_sets,
     new_backup_id,
     open_run,
+    record_failure,
     select_set,
 )
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.op_lock import LockHeld
 from ansible.module_utils.ops_errors import OpsError
 
 
@@ -359,12 +392,20 @@ def run(module: AnsibleModule) -> dict:
     state = params["state"]
     if state == "locked":
         check_run_inputs(params)
-        return open_run(
+        result = open_run(
             params["path"],
             params["backup_id"] or new_backup_id(),
             params["lock_stale_hours"],
             module.check_mode,
+            controller=params["controller"],
+            break_token=params["break_token"],
         )
+        for note in result["broken"]:
+            module.warn(note[0].upper() + note[1:] + ".")
+        return result
+    if state == "failed":
+        return {"changed": record_failure(params["metrics_dir"], params["project"],
+                                          module.check_mode)}  # fmt: skip
     if state == "sealed":
         missing = [n for n in ("backup_id", "container", "login_user") if not params[n]]
         if missing:
@@ -388,7 +429,7 @@ def main() -> None:
             "path": {"type": "path", "required": True},
             "state": {
                 "type": "str",
-                "choices": ["query", "pruned", "locked", "sealed"],
+                "choices": ["query", "pruned", "locked", "sealed", "failed"],
                 "default": "query",
             },
             "keep_last": {"type": "int", "default": 7},
@@ -401,6 +442,8 @@ def main() -> None:
             "backup_id": {"type": "str"},
             "lock_stale_hours": {"type": "float", "default": 6},
             "lock_held": {"type": "bool", "default": False},
+            "controller": {"type": "dict"},
+            "break_token": {"type": "str", "no_log": False},
             "databases": {"type": "list", "elements": "str", "default": []},
             "globals": {"type": "bool", "default": True},
             "format": {
@@ -430,6 +473,8 @@ def main() -> None:
         module.exit_json(**run(module))
     except RunFailed as exc:
         module.fail_json(msg=str(exc), released=exc.released)
+    except LockHeld as exc:
+        module.fail_json(msg=str(exc), held_by=exc.holder)
     except OpsError as exc:
         module.fail_json(msg=str(exc))
 

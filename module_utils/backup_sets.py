@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ansible.module_utils.fileops import ensure_directory, write_bytes_atomic, write_json_atomic
+from ansible.module_utils.op_lock import LockHeld, acquire, describe, new_holder, release
 from ansible.module_utils.ops_errors import FileOpsError, OpsError
 from ansible.module_utils.pg_artifacts import check_name
 
@@ -280,13 +281,19 @@ def open_run(
     stale_hours: float,
     check_mode: bool,
     now: float | None = None,
+    controller: dict | None = None,
+    break_token: str | None = None,
 ) -> dict:
     """Start a backup run: the backup directory (0700), the run lock, the set's directory
     (``set_dir``) and whether it exists already.
 
-    The lock is a directory created with mkdir, which is atomic: of two runs at once exactly
-    one gets it. It is not taken in check mode. Returns changed (the backup directory was
-    created or fixed, or would be), set_exists, locked and lock (its path).
+    The lock is the run lock of module_utils/op_lock.py (a directory with its holder record,
+    published in one rename: of two runs at once exactly one gets it), taken for
+    ``controller`` (host, pid, pid_start; filled in by the action plugin). A stale lock (no
+    record, the host rebooted, or ``break_token``: its controller process has ended) is
+    broken and reported in ``broken``; a live holder raises LockHeld naming it. It is not
+    taken in check mode. Returns changed (the backup directory was created or fixed, or
+    would be), set_exists, locked, lock (its path), holder and broken.
     """
     lock = os.path.join(backup_dir, LOCK_NAME)
     set_dir = set_path(backup_dir, backup_id)
@@ -297,6 +304,8 @@ def open_run(
         "set_exists": False,
         "locked": False,
         "lock": lock,
+        "holder": None,
+        "broken": [],
     }
     try:
         if not os.path.isdir(backup_dir):
@@ -315,37 +324,36 @@ def open_run(
         result["set_exists"] = os.path.isdir(set_dir)
         if check_mode:
             return result
-        os.mkdir(lock, DIR_MODE)
-    except FileExistsError:
-        raise BackupSetError(_held_message(lock, stale_hours, now)) from None
+        holder = new_holder(f"backup {backup_id}", controller or {}, now)
+        taken = acquire(lock, holder, break_token)
+    except LockHeld as exc:
+        raise LockHeld(_held_message(lock, exc.holder, stale_hours, now), exc.holder) from None
+    except FileOpsError as exc:
+        raise BackupSetError(f"cannot take the backup lock: {exc}") from None
     except OSError as exc:
         raise BackupSetError(
             f"cannot prepare the backup directory {backup_dir}: {exc.strerror or exc}. Check "
             "that its parent exists and is writable by the backup user (become: true), then "
             "re-run."
         ) from None
-    result["locked"] = True
+    result.update(locked=taken["acquired"], holder=taken["holder"], broken=taken["broken"])
     return result
 
 
-def _held_message(lock: str, stale_hours: float, now: float | None) -> str:
+def _held_message(lock: str, holder: dict | None, stale_hours: float, now: float | None) -> str:
     now = time.time() if now is None else now
-    try:
-        since = os.stat(lock).st_mtime
-    except OSError:  # released in between: say so rather than guess an age
-        return f"Another backup held the lock {lock} a moment ago. Nothing was written. Re-run."
-    age_h = (now - since) / 3600
-    when = datetime.fromtimestamp(since, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if age_h >= stale_hours:
-        advice = (
-            f"the lock is older than {stale_hours:g} h and probably stale: if no backup runs "
-            f"(ps -ef | grep pg_dump), remove it with rmdir {lock}"
-        )
-    else:
-        advice = "it will be released when that run ends"
+    started = (holder or {}).get("started_epoch")
+    old = isinstance(started, (int, float)) and (now - started) / 3600 >= stale_hours
+    advice = (
+        f"it is older than {stale_hours:g} h: if it was taken from another controller and no "
+        f"backup runs there (ps -ef | grep pg_dump on this host), remove it with rm -rf {lock}"
+        if old
+        else "it will be released when that run ends"
+    )
     return (
-        f"Another backup is running: {lock} exists since {when} ({age_h:.1f} h ago). Nothing "
-        f"was written. Wait for it to finish; {advice}."
+        f"Another backup is running: the lock {lock} is held by {describe(holder, now)}. "
+        "Nothing was written. Wait for it to finish; a lock whose run was killed on this "
+        f"controller, or taken before the host rebooted, is broken automatically; {advice}."
     )
 
 
@@ -357,16 +365,14 @@ def new_backup_id(now: float | None = None) -> str:
 
 def release_run(backup_dir: str) -> bool:
     """Remove the run lock taken by ``open_run``; True if it was there."""
+    lock = os.path.join(backup_dir, LOCK_NAME)
     try:
-        os.rmdir(os.path.join(backup_dir, LOCK_NAME))
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
+        return release(lock, None)["released"]
+    except FileOpsError as exc:
         raise BackupSetError(
-            f"cannot release the backup lock {os.path.join(backup_dir, LOCK_NAME)}: "
-            f"{exc.strerror or exc}. Remove it with rmdir once no backup runs."
+            f"cannot release the backup lock {lock}: {exc}. Remove it with rm -rf {lock} once "
+            "no backup runs."
         ) from None
-    return True
 
 
 # --------------------------------------------------------------------------- metrics
@@ -434,6 +440,13 @@ def failure_text(project: str, now: float | None = None) -> str:
         "opsauto_backup_last_failure_timestamp_seconds", "Time of the last failed backup run.",
         project, int(now),
     )  # fmt: skip
+
+
+def record_failure(metrics_dir: str, project: str, check_mode: bool) -> bool:
+    """Write the failure metric (now) to ``metrics_dir``; True if written ('' : no metrics)."""
+    if not metrics_dir:
+        return False
+    return write_metric_file(metrics_dir, FAILURE_FILE, failure_text(project), check_mode)
 
 
 def write_metric_file(metrics_dir: str, name: str, text: str | None, check_mode: bool) -> bool:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import subprocess
 import time
 
 import pytest
+from ansible.module_utils.op_lock import acquire, new_holder
 
 from tests.conftest import AWS_TEST_CREDENTIALS, compose_down, free_port, run, run_playbook
 
@@ -123,14 +126,17 @@ def test_long_dump_shows_progress_and_still_verifies(stack, tmp_path):
 
 
 def test_backup_refused_while_another_holds_the_lock(stack, tmp_path):
+    # A live holder: this test process on this host (module_utils/op_lock.py's record).
     lock = stack[0] / "backups" / ".lock"
-    lock.mkdir()
+    live = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": None}
+    assert acquire(str(lock), new_holder("backup it-earlier", live))["acquired"]
     try:
         result, failures = play(stack, tmp_path, "backup.yml", backup_id="it-locked")
     finally:
-        lock.rmdir()
+        shutil.rmtree(lock)
     assert result.rc != 0
     assert "Another backup is running" in " ".join(failures)
+    assert f"backup it-earlier (controller pid {os.getpid()}" in " ".join(failures)
     assert "it-locked" not in sets(stack)
 
 

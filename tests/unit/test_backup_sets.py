@@ -27,11 +27,13 @@ from ansible.module_utils.backup_sets import (
     metrics_text,
     open_run,
     read_set,
+    release_run,
     select_set,
     set_path,
     write_metric_file,
     write_set,
 )
+from ansible.module_utils.op_lock import LockHeld
 from ansible.module_utils.ops_errors import OpsError, PgError
 
 from tests.ansible_cli import run_module
@@ -177,10 +179,13 @@ def test_open_run_makes_the_directory_and_takes_the_lock(tmp_path):
         "set_exists": False,
         "locked": True,
         "lock": f"{backup_dir}/.lock",
+        "holder": run["holder"],
+        "broken": [],
     }
+    assert run["holder"]["operation"] == "backup s1"
     assert oct(backup_dir.stat().st_mode & 0o777) == "0o700"
-    assert (backup_dir / ".lock").is_dir()
-    (backup_dir / ".lock").rmdir()
+    assert (backup_dir / ".lock" / "holder.json").is_file()
+    assert release_run(str(backup_dir)) is True
     (backup_dir / "s1").mkdir()
     again = open_run(str(backup_dir), "s1", 6, check_mode=False)
     assert again["changed"] is False
@@ -188,14 +193,14 @@ def test_open_run_makes_the_directory_and_takes_the_lock(tmp_path):
 
 
 def test_open_run_refuses_while_another_run_holds_the_lock(tmp_path):
-    open_run(str(tmp_path), "s1", 6, check_mode=False)
-    with pytest.raises(BackupSetError, match="Another backup is running") as held:
+    first = open_run(str(tmp_path), "s1", 6, check_mode=False)
+    with pytest.raises(LockHeld, match="Another backup is running") as held:
         open_run(str(tmp_path), "s2", 6, check_mode=False)
     assert "it will be released when that run ends" in str(held.value)
-    later = (tmp_path / ".lock").stat().st_mtime + 7 * 3600
-    with pytest.raises(BackupSetError, match="probably stale") as stale:
+    later = first["holder"]["started_epoch"] + 7 * 3600
+    with pytest.raises(LockHeld, match="older than 6 h") as stale:
         open_run(str(tmp_path), "s2", 6, check_mode=False, now=later)
-    assert f"rmdir {tmp_path}/.lock" in str(stale.value)
+    assert f"rm -rf {tmp_path}/.lock" in str(stale.value)
     assert not (tmp_path / "s2").exists()
 
 
@@ -414,7 +419,7 @@ def test_module_locked_chooses_the_id_and_refuses_a_secret_key(tmp_path):
     assert (tmp_path / ".lock").is_dir()
     assert datetime.strptime(done["backup_id"], "%Y%m%dT%H%M%SZ")
     assert done["set_dir"] == f"{tmp_path}/{done['backup_id']}"
-    (tmp_path / ".lock").rmdir()
+    assert release_run(str(tmp_path)) is True
     key = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
     refused = run_module("backup_sets", {**args, "encrypt_recipients": [key]})
     assert refused["status"].startswith("FAILED")
