@@ -100,6 +100,17 @@ options:
     description: Seconds before a docker command is abandoned (a paused container hangs).
     type: int
     default: 10
+  backup_metrics_dir:
+    description:
+      - Directory of the backup role's node_exporter textfile metrics (its C(backup_metrics_dir)),
+        read for the backup freshness check C(backup.age). Empty to skip that check.
+    type: str
+    default: ""
+  controller_time:
+    description:
+      - The control node's clock (epoch seconds) when it sent the task, compared with the
+        host's for C(host.clock). Omitted, the clocks are not compared.
+    type: float
   docker_cli:
     description: The docker CLI.
     type: str
@@ -186,6 +197,8 @@ def main():
             "latency_probes": {"type": "int", "default": 5},
             "log_max_lines": {"type": "int", "default": 20000},
             "command_timeout": {"type": "int", "default": 10},
+            "backup_metrics_dir": {"type": "str", "default": ""},
+            "controller_time": {"type": "float"},
             "docker_cli": {"type": "str", "default": "docker"},
         },
         supports_check_mode=True,

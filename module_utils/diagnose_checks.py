@@ -26,6 +26,7 @@ from ansible.module_utils.diagnose_checks_containers import (
     check_running,
 )
 from ansible.module_utils.diagnose_checks_host import (
+    check_clock,
     check_disks,
     check_docker,
     check_load,
@@ -33,10 +34,13 @@ from ansible.module_utils.diagnose_checks_host import (
 )
 from ansible.module_utils.diagnose_checks_monitoring import (
     check_5xx,
+    check_backend_metrics,
+    check_backup_age,
     check_endpoints,
     check_latency,
     check_log_patterns,
     check_prometheus,
+    check_prometheus_5xx,
     check_targets,
 )
 from ansible.module_utils.diagnose_checks_service import (
@@ -49,6 +53,7 @@ from ansible.module_utils.diagnose_checks_service import (
     check_env,
     check_http,
     check_nginx_config,
+    check_ports,
     check_replicas_via_nginx,
     check_upstream_port,
 )
@@ -80,6 +85,9 @@ DEFAULT_THRESHOLDS = {
     "error_rate_fail_pct": 5.0,
     "latency_p95_warn_ms": 500,
     "latency_p95_fail_ms": 2000,
+    "backup_max_age_hours": 26.0,
+    "clock_skew_warn_seconds": 5.0,
+    "clock_skew_fail_seconds": 60.0,
 }
 
 # Which failures explain which: a non-PASS check whose listed cause is also non-PASS is
@@ -95,8 +103,8 @@ _SERVING = [
 ]
 _ALL = [*_SERVING, "network.http", "host.load", "host.memory", "database.activity"]
 CAUSES = {
-    "containers.running": ["host.docker", "containers.oom"],
-    "containers.healthy": _DB,
+    "containers.running": ["host.docker", "containers.oom", "network.ports"],
+    "containers.healthy": [*_DB, "containers.restarts"],
     "containers.restarts": ["containers.oom", *_DB],
     "containers.replicas": ["host.docker"],
     "database.ready": ["host.docker", "containers.present", "containers.running"],
@@ -104,11 +112,24 @@ CAUSES = {
     "database.connections": _DB,
     "database.activity": _DB,
     "network.db_dns": _BASIC,
-    "network.replicas": _DB + ["containers.healthy"],
+    "network.replicas": _DB + ["containers.healthy", "containers.restarts"],
     "network.http": _SERVING,
     "configuration.nginx": _BASIC,
     "monitoring.prometheus": _BASIC,
-    "monitoring.targets": [*_BASIC, "containers.healthy", "monitoring.prometheus"],
+    "monitoring.targets": [
+        *_BASIC,
+        "containers.healthy",
+        "monitoring.prometheus",
+        "monitoring.backend_metrics",
+    ],
+    "monitoring.backend_metrics": [
+        *_DB,
+        "containers.healthy",
+        "containers.restarts",
+        "network.replicas",
+    ],
+    "monitoring.http_5xx": _ALL,
+    "network.ports": ["host.docker"],
     "deployment.release": _BASIC,
     "logs.tracebacks": _ALL,
     "logs.database_errors": _ALL,
@@ -124,6 +145,7 @@ CHECKS = (
     check_load,
     check_memory,
     check_disks,
+    check_clock,
     check_present,
     check_running,
     check_healthy,
@@ -137,6 +159,7 @@ CHECKS = (
     check_http,
     check_replicas_via_nginx,
     check_db_dns,
+    check_ports,
     check_log_patterns,
     check_5xx,
     check_compose,
@@ -145,6 +168,9 @@ CHECKS = (
     check_upstream_port,
     check_prometheus,
     check_targets,
+    check_backend_metrics,
+    check_prometheus_5xx,
+    check_backup_age,
     check_release,
     check_rollback_images,
     check_rollout,

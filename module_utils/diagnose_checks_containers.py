@@ -6,6 +6,7 @@ from ansible.module_utils.diagnose_result import (
     backend,
     by_service,
     playbook,
+    restart_fix,
     restart_remedy,
     result,
     upstream_servers,
@@ -31,7 +32,8 @@ def check_running(facts, t):
     cs = facts["containers"]
     if not cs:
         return result("containers.running", "SKIP", "no containers (containers.present)")
-    down = [c for c in cs if c["state"] != "running"]
+    # A restarting container is a loop (containers.restarts), not one that stopped.
+    down = [c for c in cs if c["state"] not in ("running", "restarting")]
     if not down:
         return result("containers.running", "PASS", f"all {len(cs)} containers are running")
     evidence = [
@@ -48,6 +50,7 @@ def check_running(facts, t):
             "paused (processes frozen; connections hang instead of failing): " + ", ".join(paused),
             evidence,
             "docker unpause " + " ".join(paused),
+            fix={"action": "unpause", "containers": paused},
         )
     return result(
         "containers.running",
@@ -57,6 +60,7 @@ def check_running(facts, t):
         evidence,
         restart_remedy(services) + " (restarts exited and unhealthy containers; then rerun "
         "diagnose; if it exits again read its log: docker logs NAME)",
+        fix=restart_fix(facts, services),
     )
 
 
@@ -78,6 +82,7 @@ def check_healthy(facts, t):
             + ", ".join(c["name"] for c in bad),
             evidence,
             restart_remedy(c["service"] for c in bad) + " (restarts only the unhealthy containers)",
+            fix=restart_fix(facts, [c["service"] for c in bad]),
         )
     if starting:
         return result(
@@ -214,6 +219,7 @@ def check_release(facts, t):
             f"the last release {last['tag']} is recorded bad",
             evidence,
             playbook("rollback") + " (back to the last good release in the ledger)",
+            fix={"action": "rollback"},
         )
     if running and running != [recorded]:
         return result(

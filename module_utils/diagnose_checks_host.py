@@ -98,3 +98,21 @@ def check_disks(facts, t):
         "docker image prune; docker builder prune; a missing backup directory: "
         + playbook("backup"),
     )
+
+
+def check_clock(facts, t):
+    """The host's clock against the control node's (the time stamps of logs, backups, TLS)."""
+    clock = facts.get("clock") or {}
+    if clock.get("controller") is None:
+        return result("host.clock", "PASS", "no control-node time given: clock not compared")
+    skew = round(clock["host"] - clock["controller"], 1)
+    status = level(abs(skew), t["clock_skew_warn_seconds"], t["clock_skew_fail_seconds"])
+    return result(
+        "host.clock",
+        status,
+        f"the host's clock is {abs(skew)} s {'ahead of' if skew >= 0 else 'behind'} the control "
+        "node's",
+        [f"host {clock['host']:.1f}, control node {clock['controller']:.1f} (epoch seconds)"],
+        "synchronise the clocks: timedatectl set-ntp true (systemd-timesyncd or chrony); "
+        "timedatectl timesync-status; on both the host and the control node",
+    )

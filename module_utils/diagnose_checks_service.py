@@ -254,3 +254,44 @@ def check_upstream_port(facts, t):
     return result(
         "configuration.upstream", "PASS", f"nginx's upstream targets port {port} of the backend"
     )
+
+
+PORT_TAKEN = ("address already in use", "port is already allocated")
+
+
+def check_ports(facts, t):
+    """Every published port of a running container listens; a port another process holds."""
+    listening = set(facts["host"].get("listening") or [])
+    taken, silent, checked = [], [], 0
+    for c in facts["containers"]:
+        for address, port, inner in c.get("published") or []:
+            if c["state"] == "running":
+                checked += 1
+                if listening and port not in listening:
+                    silent.append(f"{c['name']}: {address}:{port} -> {inner} not listening")
+            elif any(word in (c.get("error") or "").lower() for word in PORT_TAKEN):
+                held = "held by another process" if port in listening else "was busy"
+                taken.append((c, port, f"{c['name']} cannot start: port {address}:{port} {held}: "
+                              f"{c['error']}"))  # fmt: skip
+    if taken:
+        ports = sorted({p for _, p, _ in taken})
+        return result(
+            "network.ports",
+            "FAIL",
+            "a published port is taken by another process: "
+            + ", ".join(f"{c['name']} wants {p}" for c, p, _ in taken),
+            [line for _, _, line in taken],
+            "find the owner: "
+            + "; ".join(f"ss -ltnp 'sport = :{p}'" for p in ports)
+            + "; stop it (or give the stack another port in the inventory), then "
+            + restart_remedy(c["service"] for c, _, _ in taken),
+        )
+    if silent:
+        return result(
+            "network.ports",
+            "FAIL",
+            "a running container's published port does not listen on the host",
+            silent,
+            "docker port NAME; " + restart_remedy([facts["services"]["nginx"]]),
+        )
+    return result("network.ports", "PASS", f"{checked} published ports listen on the host")

@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,12 +27,16 @@ from ansible.module_utils.diagnose_parse import (  # noqa: F401 (parsers re-expo
     SERVICE_LABEL,
     container_facts,
     finish_access,
+    listening_ports,
     parse_env_keys,
     parse_meminfo,
     parse_probes,
     parse_targets,
+    parse_textfile_metrics,
     parse_time,
     parse_upstream,
+    parse_vector_sum,
+    published_ports,
     scan_access_log,
     scan_logs,
     window_start,
@@ -264,6 +269,38 @@ class Collector:
             probes = [{"url": u, "status": "000", "detail": err.strip()[:200]} for u in urls]
         return probes
 
+    def metrics_probes(self, containers):
+        """GET /metrics of each running backend replica from nginx's container (as scraped)."""
+        nginx = self.first_running(containers, self.services["nginx"])
+        urls = [
+            f"http://{c['name']}:{self.p['backend_port']}/metrics"
+            for c in containers
+            if c["service"] == self.services["backend"] and c["state"] == "running"
+        ]
+        if nginx is None or not urls:
+            return None
+        rc, out, err = self.docker_cmd("exec", nginx["name"], "sh", "-c", PROBE_SCRIPT, "sh", *urls)
+        probes = parse_probes(out)
+        if not probes:
+            probes = [{"url": u, "status": "000", "detail": err.strip()[:200]} for u in urls]
+        return probes
+
+    def backup_metrics(self):
+        """The backup role's node_exporter textfile metrics (success and failure files)."""
+        directory = self.p.get("backup_metrics_dir")
+        if not directory:
+            return None
+        facts = {"dir": directory, "values": {}}
+        for name in ("opsauto_backup.prom", "opsauto_backup_failure.prom"):
+            try:
+                facts["values"].update(
+                    parse_textfile_metrics(self.read(os.path.join(directory, name)))
+                )
+                facts.setdefault("files", []).append(name)
+            except OSError:
+                continue
+        return facts
+
     def nginx_test(self, containers):
         nginx = self.first_running(containers, self.services["nginx"])
         if nginx is None:
@@ -314,7 +351,7 @@ class Collector:
         except OSError as exc:
             return None, f"{exc.strerror or exc}"
 
-    def prometheus(self):
+    def prometheus(self, window_seconds=900):
         base = f"http://{self.p['prometheus_bind']}:{self.p['prometheus_port']}"
         answer = self.http_get(base + "/api/v1/targets?state=active", 5)
         facts = {"url": base}
@@ -325,7 +362,27 @@ class Collector:
             facts["targets"] = parse_targets(answer["body"])
         except ValueError as exc:
             facts["error"] = f"targets API returned no JSON: {exc}"
+            return facts
+        facts["http_5xx"] = self.prometheus_5xx(base, max(60, int(window_seconds)))
         return facts
+
+    def prometheus_5xx(self, base, seconds):
+        """The backend's requests and 5xx answers in the window, from Prometheus's own series."""
+        job, window = self.services["backend"], f"[{seconds}s]"
+        queries = {
+            "requests": f'sum(increase(http_requests_total{{job="{job}"}}{window}))',
+            "errors": f'sum(increase(http_requests_total{{job="{job}",status=~"5.."}}{window}))',
+        }
+        out = {"window_seconds": seconds, "query": queries["errors"]}
+        for key, query in queries.items():
+            answer = self.http_get(base + "/api/v1/query?query=" + urllib.parse.quote(query), 5)
+            try:
+                if answer["status"] != 200:
+                    raise ValueError(answer["error"] or f"HTTP {answer['status']}")
+                out[key] = round(parse_vector_sum(answer["body"]), 1)
+            except (ValueError, KeyError, TypeError) as exc:
+                return {**out, "error": f"{query}: {exc}"}
+        return out
 
     def ledger(self):
         path = self.p["ledger_path"]
@@ -359,9 +416,15 @@ class Collector:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
+        texts = []
+        for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                texts.append(self.read(path))
+            except OSError:
+                continue
         disks = [("docker root", docker_root)] if docker_root else []
         disks += [("project dir", self.p["project_dir"]), ("backup dir", self.p["backup_dir"])]
-        return {"load": load, "cpus": cpus, **mem,
+        return {"load": load, "cpus": cpus, **mem, "listening": sorted(listening_ports(*texts)),
                 "disks": [self.disk(label, path) for label, path in disks]}  # fmt: skip
 
     def http(self):
@@ -399,6 +462,8 @@ class Collector:
             "env_required": self.p["env_required"],
             "since": since,
             "restart_sample_seconds": self.p["restart_sample_seconds"],
+            # The control node's clock when it sent the task, against this host's.
+            "clock": {"controller": self.p.get("controller_time"), "host": started},
         }
         rc, out, err = self.docker_cmd(
             "info", "--format", "{{.ServerVersion}} {{.DockerRootDir}}", timeout=15
@@ -419,10 +484,11 @@ class Collector:
             "db_ready": lambda: self.db_ready(containers),
             "db_login": lambda: self.db_login(containers),
             "replica_probes": lambda: self.replica_probes(containers),
+            "metrics_probes": lambda: self.metrics_probes(containers),
             "nginx_test": lambda: self.nginx_test(containers),
             "logs": lambda: self.logs(containers, since),
             "compose": self.compose_config,
-            "prometheus": self.prometheus,
+            "prometheus": lambda: self.prometheus(started - window_from),
             "images_present": self.images,
         }
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -432,6 +498,7 @@ class Collector:
             facts["ledger"] = self.ledger()
             facts["upstream"] = self.upstream()
             facts["host"] = self.host(root)
+            facts["backup_metrics"] = self.backup_metrics()
             for key, future in futures.items():
                 facts[key] = future.result()
         facts["compose_config"], facts["wanted_replicas"] = facts.pop("compose")

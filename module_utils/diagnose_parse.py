@@ -82,7 +82,65 @@ def container_facts(inspected, window_from):
         "image": (inspected.get("Config") or {}).get("Image", ""),
         "memory_limit": (inspected.get("HostConfig") or {}).get("Memory") or 0,
         "cmd": (inspected.get("Config") or {}).get("Cmd") or [],
+        "error": (state.get("Error") or "")[:300],
+        "ips": sorted(
+            n.get("IPAddress")
+            for n in ((inspected.get("NetworkSettings") or {}).get("Networks") or {}).values()
+            if n.get("IPAddress")
+        ),
+        "published": published_ports(inspected),
     }
+
+
+def published_ports(inspected):
+    """[(host address, host port, container port)] of the container's TCP port bindings."""
+    bindings = (inspected.get("HostConfig") or {}).get("PortBindings") or {}
+    out = []
+    for container_port, hosts in sorted(bindings.items()):
+        if not container_port.endswith("/tcp"):
+            continue
+        for binding in hosts or []:
+            if str(binding.get("HostPort") or "").isdigit():
+                out.append((binding.get("HostIp") or "0.0.0.0", int(binding["HostPort"]),
+                            container_port))  # fmt: skip
+    return out
+
+
+def listening_ports(*texts):
+    """The TCP ports in state LISTEN of /proc/net/tcp and /proc/net/tcp6 (as text)."""
+    ports = set()
+    for text in texts:
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def parse_textfile_metrics(text):
+    """{metric name: value} of a node_exporter textfile (labels dropped, first sample kept)."""
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, rest = line.rpartition(" ")
+        if not name_labels:
+            continue
+        name = name_labels.split("{", 1)[0].strip()
+        try:
+            values.setdefault(name, float(rest))
+        except ValueError:
+            continue
+    return values
+
+
+def parse_vector_sum(body):
+    """The value of a Prometheus instant query's result (summed; 0.0 for an empty vector)."""
+    data = json.loads(body)
+    if data.get("status") != "success":
+        raise ValueError(data.get("error") or "query failed")
+    return sum(float(r["value"][1]) for r in (data.get("data") or {}).get("result") or [])
 
 
 def scan_logs(name, text, matches):
@@ -167,8 +225,9 @@ def parse_probes(text):
         fields = result.split()
         code = fields[0] if fields else "000"
         seconds = fields[1] if len(fields) > 1 else ""
-        detail = error.strip() or (f"{round(float(seconds) * 1000)} ms" if seconds else "")
-        probes.append({"url": url, "status": code, "detail": detail})
+        ms = round(float(seconds) * 1000) if seconds and code != "000" else None
+        detail = error.strip() or (f"{ms} ms" if ms is not None else "")
+        probes.append({"url": url, "status": code, "detail": detail, "ms": ms})
     return probes
 
 

@@ -21,10 +21,13 @@ def short(lines):
     return out
 
 
-def result(cid, status, summary, evidence=(), remedy=""):
+def result(cid, status, summary, evidence=(), remedy="", fix=None):
+    """One check's result. fix: the remedy as data for playbooks/diagnose_remediate.yml
+    ({"action": "restart", "services": [...]}, {"action": "unpause", "containers": [...]} or
+    {"action": "rollback"}), only on the narrow set of remedies that is safe to automate."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    return {
+    out = {
         "id": cid,
         "category": cid.split(".", 1)[0],
         "status": status,
@@ -32,6 +35,16 @@ def result(cid, status, summary, evidence=(), remedy=""):
         "evidence": short(evidence),
         "remedy": remedy if status in ("WARN", "FAIL") else "",
     }
+    if fix and status in ("WARN", "FAIL"):
+        out["fix"] = fix
+    return out
+
+
+def restart_fix(facts, services):
+    """The restart fix of the compose services among services (a stray container has none)."""
+    known = set(facts.get("wanted_replicas") or ()) | set(facts["services"].values())
+    wanted = sorted({s for s in services if s in known})
+    return {"action": "restart", "services": wanted} if wanted else None
 
 
 def worst(*statuses):

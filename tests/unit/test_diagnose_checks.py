@@ -22,6 +22,7 @@ dc = importlib.import_module("ansible.module_utils.diagnose_checks")
 T = dict(dc.DEFAULT_THRESHOLDS)
 SERVICES = {"db": "db", "backend": "backend", "nginx": "nginx", "prometheus": "prometheus"}
 GIB = 1024**3
+NOW = 1767225600.0
 
 
 def container(name, service, state="running", health="healthy", **extra):
@@ -41,6 +42,12 @@ def container(name, service, state="running", health="healthy", **extra):
         "recent_start": False,
         "image": "fastapi-monolith/backend:1.1.0" if service == "backend" else f"img/{service}",
         "memory_limit": 268435456,
+        "error": "",
+        "ips": [],
+        "published": {
+            "nginx": [("127.0.0.1", 8080, "80/tcp")],
+            "prometheus": [("127.0.0.1", 9090, "9090/tcp")],
+        }.get(service, []),
     }
     c.update(extra)
     return c
@@ -98,9 +105,19 @@ def healthy_facts():
         },
         "latency": {"ms": [5, 6, 6, 7, 9], "errors": 0},
         "replica_probes": [
-            {"url": "http://fm-backend-1:8000/health", "status": "200", "detail": "5 ms"},
-            {"url": "http://fm-backend-2:8000/health", "status": "200", "detail": "4 ms"},
+            {"url": "http://fm-backend-1:8000/health", "status": "200", "detail": "5 ms", "ms": 5},
+            {"url": "http://fm-backend-2:8000/health", "status": "200", "detail": "4 ms", "ms": 4},
         ],
+        "metrics_probes": [
+            {"url": "http://fm-backend-1:8000/metrics", "status": "200", "detail": "3 ms", "ms": 3},
+            {"url": "http://fm-backend-2:8000/metrics", "status": "200", "detail": "3 ms", "ms": 3},
+        ],
+        "clock": {"controller": NOW - 0.4, "host": NOW},
+        "backup_metrics": {
+            "dir": "/var/lib/prometheus/node-exporter",
+            "files": ["opsauto_backup.prom"],
+            "values": {"opsauto_backup_last_success_timestamp_seconds": NOW - 3 * 3600},
+        },
         "nginx_test": {"rc": 0, "output": "syntax is ok"},
         "logs": {"since": "15m", "matches": {}, "access": {"requests": 40, "slowest": []}},
         "compose_config": {"rc": 0, "output": ""},
@@ -112,6 +129,12 @@ def healthy_facts():
                 {"job": "prometheus", "instance": "127.0.0.1:9090", "health": "up", "error": ""},
                 {"job": "backend", "instance": "172.18.0.3:8000", "health": "up", "error": ""},
             ],
+            "http_5xx": {
+                "window_seconds": 900,
+                "query": "sum(...)",
+                "requests": 40.0,
+                "errors": 0.0,
+            },
         },
         "ledger": {"path": "/opt/fastapi-monolith/ledger/releases.jsonl", "entries": [RELEASE]},
         "images_present": {"fastapi-monolith/backend:1.1.0": True, "img/db": True},
@@ -126,6 +149,7 @@ def healthy_facts():
             "mem_available": 5 * GIB,
             "swap_total": 0,
             "swap_free": 0,
+            "listening": [22, 8080, 9090],
             "disks": [
                 {
                     "label": "docker root",
@@ -171,7 +195,7 @@ def test_every_check_id_is_listed_once():
     assert len(ids) == len(set(ids))
     assert {i.split(".")[0] for i in ids} == {
         "host", "containers", "database", "network", "logs", "configuration",
-        "monitoring", "deployment", "latency",
+        "monitoring", "deployment", "latency", "backup",
     }  # fmt: skip
     # Every cause named in the correlation table is a real check.
     assert {c for causes in dc.CAUSES.values() for c in causes} <= set(ids)
@@ -514,7 +538,15 @@ def test_prometheus_down_and_target_down():
     facts["prometheus"]["targets"][1].update(health="down", error="connection refused")
     r = run(facts)["monitoring.targets"]
     assert r["status"] == "FAIL"
-    assert r["evidence"] == ["backend 172.18.0.3:8000: down connection refused"]
+    assert r["evidence"] == [
+        "backend 172.18.0.3:8000 (no container of the project): down connection refused"
+    ]
+    assert "docker network inspect fastapi-monolith_default" in r["remedy"]
+    # A target that is a container of the project names its service's restart.
+    facts["containers"][1]["ips"] = ["172.18.0.3"]
+    r = run(facts)["monitoring.targets"]
+    assert r["evidence"] == ["backend 172.18.0.3:8000 (fm-backend-1): down connection refused"]
+    assert "playbooks/restart.yml -e restart_services=backend" in r["remedy"]
     facts["prometheus"] = {"url": "http://127.0.0.1:9090", "error": "URLError: refused"}
     results = run(facts)
     assert results["monitoring.prometheus"]["status"] == "FAIL"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import urllib.parse
 from pathlib import Path
 
 import ansible.module_utils
@@ -115,9 +116,9 @@ def test_parse_meminfo_env_upstream_probes_targets():
         "http://b:8000/health|000 0.000|curl: (6) Could not resolve host: b\n"
     )
     assert probes == [
-        {"url": "http://a:8000/health", "status": "200", "detail": "5 ms"},
+        {"url": "http://a:8000/health", "status": "200", "detail": "5 ms", "ms": 5},
         {"url": "http://b:8000/health", "status": "000",
-         "detail": "curl: (6) Could not resolve host: b"},
+         "detail": "curl: (6) Could not resolve host: b", "ms": None},
     ]  # fmt: skip
     body = json.dumps(
         {"data": {"activeTargets": [
@@ -176,7 +177,7 @@ class FakeDocker:
                                   "max_connections": 100, "size": 1, "long_queries": [],
                                   "lock_waits": []}) + "\n", ""  # fmt: skip
         if args[0] == "exec" and args[2] == "sh":
-            return 0, "http://p-backend-1:8000/health|200 0.003|\n", ""
+            return 0, "".join(f"{url}|200 0.003|\n" for url in args[6:]), ""
         if args[0] == "exec" and args[2] == "nginx":
             return 0, "", "nginx: configuration file test is successful\n"
         if args[0] == "logs":
@@ -194,6 +195,11 @@ class FakeDocker:
 
 
 def fake_http(url, timeout):
+    if "/api/v1/query?" in url:
+        errors = "5.." in urllib.parse.unquote(url)
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [1767225600, "0" if errors else "12.5"]}]}})  # fmt: skip
+        return {"status": 200, "body": body, "ms": 2.0, "error": ""}
     if "/api/v1/targets" in url:
         body = json.dumps({"data": {"activeTargets": [
             {"labels": {"job": "backend", "instance": "b:8000"}, "health": "up", "lastError": ""}
@@ -321,3 +327,60 @@ def test_unparsable_login_output_becomes_a_login_error():
 def test_the_scripts_run_in_the_containers_are_valid():
     compile(col.LOGIN_SCRIPT, "login", "exec")  # the backend's python3 runs it
     assert col.PROBE_SCRIPT.startswith('for u in "$@"; do ')
+
+
+def test_textfile_metrics_listening_ports_port_bindings_and_query_results():
+    text = (
+        "# HELP opsauto_backup_last_success_timestamp_seconds ...\n"
+        'opsauto_backup_last_success_timestamp_seconds{project="p"} 1.7672256e+09\n'
+        "opsauto_backup_verified 1\n"
+        "garbage line\n"
+    )
+    assert col.parse_textfile_metrics(text) == {
+        "opsauto_backup_last_success_timestamp_seconds": 1767225600.0,
+        "opsauto_backup_verified": 1.0,
+    }
+    tcp = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0\n"
+        "   1: 0100007F:2382 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 0\n"
+    )
+    tcp6 = "  sl  local_address\n   0: 00000000000000000000000000000000:0016 0000:0000 0A x\n"
+    assert col.listening_ports(tcp, tcp6) == {8080, 22}  # 9090 is an established socket
+    inspected = {"HostConfig": {"PortBindings": {
+        "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+        "53/udp": [{"HostIp": "", "HostPort": "53"}],
+    }}}  # fmt: skip
+    assert col.published_ports(inspected) == [("127.0.0.1", 8080, "80/tcp")]
+    body = json.dumps({"status": "success", "data": {"result": [
+        {"value": [0, "2"]}, {"value": [0, "3.5"]}]}})  # fmt: skip
+    assert col.parse_vector_sum(body) == 5.5
+    with pytest.raises(ValueError, match="bad_data"):
+        col.parse_vector_sum(json.dumps({"status": "error", "error": "bad_data"}))
+
+
+def test_collection_reads_metrics_probes_backup_metrics_and_the_5xx_series():
+    FILES["/m/opsauto_backup.prom"] = "opsauto_backup_last_success_timestamp_seconds 1767220000\n"
+    collector = col.Collector(
+        {**PARAMS, "backup_metrics_dir": "/m", "controller_time": 1767225599.0},
+        run=FakeDocker(), http_get=fake_http, clock=lambda: 1767225600.0,
+        sleep=lambda s: None, read=read, disk=disk,
+    )  # fmt: skip
+    try:
+        facts = collector.collect()
+    finally:
+        del FILES["/m/opsauto_backup.prom"]
+    assert facts["backup_metrics"] == {
+        "dir": "/m",
+        "files": ["opsauto_backup.prom"],
+        "values": {"opsauto_backup_last_success_timestamp_seconds": 1767220000.0},
+    }
+    assert facts["prometheus"]["http_5xx"]["requests"] == 12.5
+    assert facts["prometheus"]["http_5xx"]["errors"] == 0.0
+    assert facts["prometheus"]["http_5xx"]["window_seconds"] == 900
+    assert facts["clock"] == {"controller": 1767225599.0, "host": 1767225600.0}
+    assert [p["url"] for p in facts["metrics_probes"]] == ["http://p-backend-1:8000/metrics"]
+    results = {r["id"]: r["status"] for r in dc.evaluate(facts)}
+    assert results["backup.age"] == "PASS"
+    assert results["monitoring.http_5xx"] == "PASS"
+    assert results["host.clock"] == "PASS"
