@@ -234,10 +234,10 @@ marked:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.release_ledger import (
     HEALTH_CHOICES,
     STATUS_CHOICES,
-    LedgerError,
     ledger_diff,
     run,
 )
@@ -271,7 +271,7 @@ def main():
     path = module.params["path"]
     try:
         outcome = run(module.params, check_mode=module.check_mode)
-    except LedgerError as exc:
+    except OpsError as exc:  # LedgerError, or FileOpsError of its directory
         module.fail_json(msg=str(exc))
     before = outcome.pop("before_entries")
     if module._diff and outcome["changed"]:

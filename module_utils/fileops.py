@@ -7,7 +7,8 @@
   directory) or :func:`discard`; :func:`produce_file` (a path) and :func:`atomic_file`
   (an open file) wrap the three in a ``with`` block, :func:`write_bytes_atomic` and
   :func:`write_json_atomic` write whole contents;
-* locks: :func:`flock_file`, an exclusive flock with a deadline;
+* locks: :func:`flock_file`, an exclusive flock with a deadline, and :func:`held_flock`,
+  the same with its failures worded once for every caller;
 * messages: :func:`os_error_message`, an OSError as "cannot WHAT: cause and fix".
 
 Problems are raised as :class:`FileOpsError` (an ``OpsError``) unless a function says
@@ -220,3 +221,27 @@ def flock_file(path, timeout, mode=FILE_MODE):
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def held_flock(path, timeout, error, busy, mode=FILE_MODE):
+    """Hold :func:`flock_file` on ``path``, its failures raised as ``error`` (the caller's
+    OpsError class) in one wording: the lock file cannot be opened (the OS error and its
+    fix), the file system refuses flock, or the deadline passed (``busy`` says who holds
+    the lock and what to do). Errors of the block under the lock pass unchanged.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(flock_file(path, timeout, mode))
+        except OSError as exc:
+            raise error(os_error_message(exc, f"lock {path}")) from None
+        except LockUnsupported as exc:
+            raise error(
+                f"cannot lock {path}: the file system refuses flock ({exc}); keep it on a "
+                "local file system"
+            ) from None
+        except LockTimeout:
+            raise error(
+                f"timed out after {timeout:g}s waiting for the lock on {path}: {busy}"
+            ) from None
+        yield path

@@ -161,7 +161,7 @@ def acquire(
     stays false and a live holder is reported in ``held_by`` instead of raised.
     """
     current_boot = boot_id() if current_boot is None else current_boot
-    result = {"acquired": False, "reentrant": False, "holder": None, "broken": [], "path": path}
+    result = {"acquired": False, "reentrant": False, "holder": None, "broken": []}
     for _ in range(ATTEMPTS):
         if not check_mode and _publish(path, holder):
             result.update(acquired=True, holder=holder)

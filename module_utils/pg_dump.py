@@ -20,11 +20,8 @@ import time
 from ansible.module_utils.age import age_version, check_recipients
 from ansible.module_utils.fileops import (
     FILE_MODE,
-    LockTimeout,
-    LockUnsupported,
     ensure_directory,
-    flock_file,
-    os_error_message,
+    held_flock,
     produce_file,
     sha256_file,
     write_json_atomic,
@@ -53,29 +50,18 @@ from ansible.module_utils.pipelines import StreamResult, find_binary, stream_to_
 # --------------------------------------------------------------------------- locking
 
 
-@contextlib.contextmanager
 def file_lock(path, timeout):
     """Exclusive flock on ``path`` (created 0600), waiting at most ``timeout`` seconds.
 
-    Only taking the lock is worded here; errors of the block under it pass unchanged.
+    Only taking the lock is worded here (fileops.held_flock); errors of the block under it
+    pass unchanged.
     """
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(flock_file(path, timeout, FILE_MODE))
-        except OSError as exc:
-            raise PgError(os_error_message(exc, f"lock {path}")) from None
-        except LockUnsupported as exc:
-            raise PgError(
-                f"cannot lock {path}: the file system refuses flock ({exc}): choose a dest_dir "
-                "on a local file system"
-            ) from None
-        except LockTimeout:
-            raise PgError(
-                f"another pg_backup run holds {path} (it is writing the same backup) and did "
-                f"not finish within {timeout:g}s: wait for it and re-run (the re-run reports "
-                "changed=false if that backup succeeded), or raise lock_timeout"
-            ) from None
-        yield path
+    busy = (
+        "another pg_backup run holds it (it is writing the same backup): wait for it and "
+        "re-run (the re-run reports changed=false if that backup succeeded), or raise "
+        "lock_timeout"
+    )
+    return held_flock(path, timeout, PgError, busy, FILE_MODE)
 
 
 # --------------------------------------------------------------------------- verification

@@ -27,12 +27,7 @@ import os
 import re
 import time
 
-from ansible.module_utils.fileops import (
-    LockTimeout,
-    LockUnsupported,
-    atomic_file,
-    flock_file,
-)
+from ansible.module_utils.fileops import atomic_file, ensure_directory, held_flock
 from ansible.module_utils.ops_errors import OpsError
 
 HEALTH_CHOICES = ("healthy", "unhealthy")
@@ -42,7 +37,6 @@ IDENTITY_FIELDS = ("tag", "image_id", "images", "replicas", "health")
 RELEASE_FIELDS = ("tag", "image_id", "images", "health", "project", "replicas", "note")
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 LOCK_SUFFIX = ".lock"
 LOCK_TIMEOUT = 30.0
 LOCK_POLL_INTERVAL = 0.02
@@ -308,55 +302,17 @@ def format_ledger(entries):
 # --------------------------------------------------------------------------- file system
 
 
-def ensure_directory(directory):
-    """Create ``directory`` (mode 0700) if it is missing; return True if it was created.
-
-    Missing parents are created like ``mkdir -p``; an existing directory is left as is.
-    """
-    if os.path.isdir(directory):
-        return False
-    try:
-        os.makedirs(directory, DIR_MODE)
-    except FileExistsError:
-        if os.path.isdir(directory):  # created concurrently by another writer
-            return False
-        raise LedgerError(
-            f"{directory} exists but is not a directory; the release ledger's parent must be a "
-            "directory. Move that file away or choose another 'path'."
-        ) from None
-    except OSError as exc:
-        raise LedgerError(
-            f"cannot create the release ledger directory {directory}: {exc.strerror}. Run "
-            "the task with become: true or choose a 'path' the user can write."
-        ) from None
-    os.chmod(directory, DIR_MODE)
-    return True
-
-
 @contextlib.contextmanager
 def ledger_lock(path, timeout=LOCK_TIMEOUT):
     """Hold an exclusive flock on ``path + '.lock'`` (created mode 0600 if missing)."""
     lock_path = path + LOCK_SUFFIX
     ensure_directory(os.path.dirname(os.path.abspath(path)))
-    try:
-        with flock_file(lock_path, timeout, FILE_MODE):
-            yield lock_path
-    except OSError as exc:
-        raise LedgerError(
-            f"cannot open the release ledger lock file {lock_path}: {exc.strerror}. Run the "
-            "task with become: true or fix the directory's permissions."
-        ) from None
-    except LockUnsupported as exc:
-        raise LedgerError(
-            f"cannot lock {lock_path}: {exc}. The ledger must be on a "
-            "file system that supports flock (a local disk)."
-        ) from None
-    except LockTimeout:
-        raise LedgerError(
-            f"timed out after {timeout:g}s waiting for the lock on {lock_path}: "
-            "another process is writing the release ledger. Retry; if it persists, "
-            f"find the holder with `fuser {lock_path}` and stop it."
-        ) from None
+    busy = (
+        "another process is writing the release ledger. Retry; if it persists, find the "
+        f"holder with `fuser {lock_path}` and stop it."
+    )
+    with held_flock(lock_path, timeout, LedgerError, busy, FILE_MODE):
+        yield lock_path
 
 
 def write_ledger(path, entries):
