@@ -117,6 +117,17 @@ options:
     description: V(gather) only, number of C(docker stats --no-stream) samples.
     type: int
     default: 2
+  prometheus_url:
+    description:
+      - V(gather) only, Prometheus's base URL as this host reaches it. Set, the backend's request
+        rate, 5xx share and p95 latency and every target's C(up) are read as range queries from
+        O(since) to now into C(prometheus/*.json) of the bundle (a failed query is an error
+        line, never fatal).
+    type: str
+  prometheus_job:
+    description: V(gather) only, the Prometheus job of the backend replicas.
+    type: str
+    default: backend
   secrets:
     description: Known secret values (the database password...) replaced wherever they appear.
     type: list
@@ -211,6 +222,7 @@ from ansible.module_utils.incident import (
     iso,
     new_incident_id,
     open_record,
+    parse_iso,
     record_path,
     render_postmortem,
     resolve_record,
@@ -218,6 +230,7 @@ from ansible.module_utils.incident import (
     webhook_text,
     write_bundle,
 )
+from ansible.module_utils.incident_prometheus import query_ranges
 from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.urls import open_url
 
@@ -267,7 +280,7 @@ def gather(module):
     def run(argv):
         return module.run_command(argv)
 
-    return gather_evidence(
+    evidence = gather_evidence(
         run,
         p["project"],
         p["project_dir"],
@@ -278,6 +291,19 @@ def gather(module):
         stats_samples=p["stats_samples"],
         ledger_entries=p["ledger_entries"],
     )
+    if p["prometheus_url"]:
+        try:
+            start = parse_iso(p["since"]).timestamp()
+        except ValueError:
+            start = utc_now().timestamp() - 3600
+            evidence["errors"].append(f"since {p['since']!r} is not RFC 3339: the last hour")
+        ranges = query_ranges(
+            p["prometheus_url"], p["prometheus_job"], start, utc_now().timestamp()
+        )
+        evidence["files"].update(ranges["files"])
+        evidence["errors"].extend(ranges["errors"])
+        evidence["files"]["errors.txt"] = "".join(line + "\n" for line in evidence["errors"])
+    return evidence
 
 
 def read_diagnose(diagnose_dir):
@@ -379,6 +405,8 @@ def run_module():
             "ledger_entries": {"type": "int", "default": 20},
             "log_lines": {"type": "int", "default": 2000},
             "stats_samples": {"type": "int", "default": 2},
+            "prometheus_url": {"type": "str"},
+            "prometheus_job": {"type": "str", "default": "backend"},
             "secrets": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "evidence": {"type": "dict", "default": {}},
             "diagnose_dir": {"type": "path"},
