@@ -178,6 +178,16 @@ options:
     description: With O(state=sealed), the deployed project directory to snapshot into the
       set's C(config/); omitted, no snapshot.
     type: path
+  config_redact_values:
+    description:
+      - Secret values (database passwords, S3 keys, the operator's list) replaced by
+        C(***REDACTED***) wherever they occur in any file of the configuration snapshot, not
+        only in C(.env). Secret-named settings (C(NAME=value), and YAML or JSON keys) and variable
+        defaults (C(${NAME:-value})) of text files are redacted too. Values shorter than 4
+        characters are not searched for.
+    type: list
+    elements: str
+    default: []
   project:
     description: Project name, in C(SET.json), in the metrics' C(project) label and in messages.
     type: str
@@ -351,6 +361,11 @@ config_changes:
   returned: when O(state=sealed)
   type: list
   elements: str
+config_redacted:
+  description: Files of the configuration snapshot stored with secrets redacted.
+  returned: when O(state=sealed) with O(config_src)
+  type: list
+  elements: str
 released:
   description: Whether the run lock was released by this task (also on a failed O(state=sealed)).
   returned: with O(lock_held), unless O(offsite_pending)
@@ -460,6 +475,12 @@ def main() -> None:
             "login_password": {"type": "str", "no_log": True},
             "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
             "config_src": {"type": "path"},
+            "config_redact_values": {
+                "type": "list",
+                "elements": "str",
+                "default": [],
+                "no_log": True,
+            },
             "project": {"type": "str", "default": ""},
             "host": {"type": "str", "default": ""},
             "prune": {"type": "bool", "default": False},

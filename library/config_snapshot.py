@@ -55,6 +55,16 @@ options:
         O(env_file); matching variables have their value masked.
     type: str
     default: PASSWORD|SECRET|TOKEN|KEY
+  redact_values:
+    description:
+      - Secret values replaced by C(***REDACTED***) wherever they occur in any stored file,
+        not only in O(env_file). In text files, the values of settings and the defaults of
+        variable references (C(${NAME:-value})) whose name matches O(secret_name_pattern)
+        are redacted too (unless the name ends in C(_FILE) or the value only refers to a
+        variable). Values shorter than 4 characters are not searched for.
+    type: list
+    elements: str
+    default: []
   encrypt_recipients:
     description:
       - age public keys (C(age1...)). When given, O(env_file) is stored whole but encrypted
@@ -105,6 +115,12 @@ changes:
   type: list
   elements: str
   sample: ["compose.yaml", "nginx.conf", "env.masked"]
+redacted:
+  description: Stored files in which secrets were redacted.
+  returned: always
+  type: list
+  elements: str
+  sample: ["compose.yaml"]
 env_stored:
   description:
     - How O(env_file) was stored, V(masked) or V(encrypted).
@@ -143,6 +159,7 @@ def run(module):
             env_file=params["env_file"],
             recipients=recipients,
             secret_pattern=params["secret_name_pattern"],
+            redact_values=params["redact_values"],
         ),
         module.check_mode,
     )
@@ -151,6 +168,7 @@ def run(module):
         "checksums": snapshot.checksums,
         "changes": snapshot.changes,
         "env_stored": snapshot.env_stored,
+        "redacted": snapshot.redacted,
     }
     if module._diff:
         unchanged = sorted(set(snapshot.checksums) - set(snapshot.changes))
@@ -174,6 +192,7 @@ def main() -> None:
             "env_file": {"type": "str", "default": ".env"},
             "secret_name_pattern": {"type": "str", "default": "PASSWORD|SECRET|TOKEN|KEY"},
             "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
+            "redact_values": {"type": "list", "elements": "str", "default": [], "no_log": True},
         },
         supports_check_mode=True,
     )

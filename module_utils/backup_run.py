@@ -122,11 +122,13 @@ def _take(params: dict, set_dir: str, existed: bool, check_mode: bool) -> dict:
                 params["config_src"],
                 os.path.join(set_dir, CONFIG_DIR),
                 recipients=params.get("encrypt_recipients") or [],
+                redact_values=params.get("config_redact_values") or [],
             ),
             check_mode,
         )
         checksums = snapshot.checksums
         result["config_changes"] = snapshot.changes
+        result["config_redacted"] = snapshot.redacted
         result["changed"] = result["changed"] or bool(snapshot.changes)
     # The manifests on disk are the dumps' own description of themselves.
     manifests = [read_manifest(os.path.join(set_dir, manifest_name(_label(r)))) for r in requests]

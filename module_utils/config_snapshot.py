@@ -1,9 +1,11 @@
 """The configuration snapshot of a deployed project directory, in one pass.
 
 Walks the project directory, copies every regular file into the snapshot directory
-(files 0600, directories 0700, each write atomic and durable), stores .env either with its
-secret values masked or whole but encrypted with age, and returns the sha256 of every file
-it stored. Files already stored with the same content and mode are left alone, so a re-run
+(files 0600, directories 0700, each write atomic and durable) with every known secret
+redacted (config_redact: the given secret values wherever they occur, secret-named
+settings and variable defaults), stores .env either with its secret values masked or whole
+but encrypted with age, and returns the sha256 of every file it stored.
+Files already stored with the same content and mode are left alone, so a re-run
 of the same backup set reports no change.
 """
 
@@ -16,8 +18,8 @@ import re
 import shutil
 import subprocess
 
+from ansible.module_utils.config_redact import redact
 from ansible.module_utils.fileops import (
-    CHUNK_SIZE,
     DIR_MODE,
     FILE_MODE,
     atomic_file,
@@ -87,7 +89,8 @@ class Snapshot:
     """One snapshot run: ``plan`` compares, ``apply`` writes (not called in check mode)."""
 
     def __init__(self, src, dest, excludes=("*.lock",), env_file=".env", recipients=(),
-                 secret_pattern="PASSWORD|SECRET|TOKEN|KEY", age_binary=None):  # fmt: skip
+                 secret_pattern="PASSWORD|SECRET|TOKEN|KEY", age_binary=None,
+                 redact_values=()):  # fmt: skip
         self.src = src
         self.dest = dest
         self.excludes = list(excludes)
@@ -95,6 +98,10 @@ class Snapshot:
         self.recipients = list(recipients)
         self.secret_pattern = secret_pattern
         self.age_binary = age_binary
+        # every stored file is redacted (config_redact): known values, secret-named settings
+        self.redact_values = list(redact_values)
+        self.redacted = []  # stored names in which something was redacted
+        self._contents = {}  # relative name -> redacted bytes to store
         self.checksums = {}  # stored name -> sha256 (None: would be created by age)
         self.changes = []  # stored names written (or that would be)
         self.env_stored = "absent"
@@ -106,7 +113,12 @@ class Snapshot:
 
     def plan(self):
         for rel in list_files(self.src, os.path.basename(self.env_file), self.excludes):
-            digest = _sha256(os.path.join(self.src, rel))
+            with open(os.path.join(self.src, rel), "rb") as handle:
+                data, hits = redact(handle.read(), self.redact_values, self.secret_pattern)
+            if hits:
+                self.redacted.append(rel)
+            self._contents[rel] = data
+            digest = hashlib.sha256(data).hexdigest()
             self.checksums[rel] = digest
             if not self._stored_as(rel, digest):
                 self._copies.append(rel)
@@ -140,7 +152,11 @@ class Snapshot:
             self.env_stored = "masked"
             with open(env_path, encoding="utf-8", errors="surrogateescape") as handle:
                 masked = mask_env(handle.read(), self.secret_pattern)
-            data = masked.encode("utf-8", errors="surrogateescape")
+            data, hits = redact(
+                masked.encode("utf-8", errors="surrogateescape"), self.redact_values
+            )
+            if hits:
+                self.redacted.append(MASKED_NAME)
             digest = hashlib.sha256(data).hexdigest()
             self.checksums[MASKED_NAME] = digest
             if not self._stored_as(MASKED_NAME, digest):
@@ -161,9 +177,7 @@ class Snapshot:
         for directory in dirs:
             self._make_dirs(directory)
         for rel in self._copies:
-            with open(os.path.join(self.src, rel), "rb") as source:
-                digest = self._write(rel, iter(lambda: source.read(CHUNK_SIZE), b""))
-            self.checksums[rel] = digest  # what was written, even if the source just changed
+            self.checksums[rel] = self._write(rel, [self._contents[rel]])
         if self._masked is not None:
             self._write(MASKED_NAME, [self._masked])
         if self._encrypt:
