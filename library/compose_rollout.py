@@ -13,18 +13,25 @@ description:
   - "O(action=rollout): reads the service's desired config hash (C(docker compose config --hash))
     and replica count; keeps the running containers that are up to date and not unhealthy
     (oldest first); starts the missing ones next to the old ones
-    (C(up --no-deps --no-recreate --scale)); waits until every new container is healthy; writes
-    an nginx upstream of only the containers that stay, checks it with C(nginx -t) and reloads
-    nginx gracefully; waits O(drain_seconds); stops the old containers (SIGTERM, each with its
-    stop grace period, all at once) and removes them; finally writes the upstream back to the
-    service's name (every replica) and reloads nginx again."
+    (C(up --no-deps --no-recreate --scale)); waits until every new container is healthy; gives
+    them the network alias O(route_alias) that nginx resolves through Docker's DNS at request
+    time (no nginx reload, so no client connection is closed); optionally waits
+    O(soak_seconds) while they must stay healthy; waits until nginx's DNS cache
+    (O(resolver_valid)) knows them; makes the old containers refuse new connections (an
+    iptables REJECT of SYNs to O(upstream_port) in their network namespace, through
+    C(nsenter): nginx passes the request to another replica) and waits until their requests in
+    flight are done, at most O(drain_seconds); stops them (SIGTERM, C(--time)
+    O(stop_grace_seconds), all at once) and removes them. docs/rollout.md states the
+    guarantees and limits."
   - A new container that exits or turns unhealthy, or is still starting after
     O(health_timeout) seconds, is removed again before nginx ever routes to it; the old
     containers never stopped serving. The module fails naming the containers, their state,
     the last health check output, the last log line and, when the kernel killed it for lack
     of memory, that the memory limit must be raised.
-  - Whatever fails after nginx was pointed at an explicit list of containers, the upstream is
-    written back to the service name and nginx reloaded before the module returns.
+  - Whatever fails after the old containers were made to refuse new connections and before
+    they stopped, they take connections again before the module returns.
+  - "One-off containers of the service (C(docker compose run), label
+    C(com.docker.compose.oneoff=True)) are never counted, kept, stopped or removed."
   - "With O(image) (the release switch of the deploy role), O(action=rollout) first makes sure
     the image is on the host (present, or pulled when O(pull) is true; otherwise the module
     fails naming the image and the tags of its repository that exist, before anything is
@@ -38,9 +45,12 @@ description:
     bounded by the check's timeout) as soon as the container runs, so a ready container takes
     traffic at once. A failing test changes nothing: Docker's checks still decide unhealthy."
   - "O(action=status) only reads the service's containers (name, image, state, health)."
-  - O(action=upstream) only writes the every-replica upstream (and reloads nginx when it runs
-    and the file changed); O(action=reload) only checks and reloads nginx (nginx resolves the
-    service's replicas when it loads its configuration).
+  - O(action=route) gives O(route_alias) to every running replica that passed its health check
+    and lacks it (replicas that C(docker compose up) created); O(action=upstream) also writes
+    the file O(upstream_path) with the address nginx resolves and reloads nginx when it
+    changed; O(action=reload) routes the same way, then checks the configuration with
+    C(nginx -t), reloads nginx and waits until a new generation of nginx workers runs (or
+    fails naming the workers).
   - Idempotent. A service that is up to date is reported C(changed=false) and nothing is touched.
     Check mode reports the plan without starting, stopping or writing anything; diff mode shows
     the containers before and after (or the upstream file for O(action=upstream)).
@@ -64,7 +74,7 @@ options:
   action:
     description: What to do, see the description.
     type: str
-    choices: [rollout, upstream, reload, images, status]
+    choices: [rollout, upstream, route, reload, images, status]
     default: rollout
   image:
     description:
@@ -93,9 +103,37 @@ options:
     type: int
     default: 120
   drain_seconds:
-    description: Seconds between taking old containers out of nginx and stopping them.
+    description:
+      - At most this many seconds of waiting for the requests in flight on the old containers
+        (their established connections) after they refuse new ones; the roles pass nginx's
+        C(proxy_read_timeout), the longest request the stack allows.
     type: float
-    default: 2
+    default: 30
+  stop_grace_seconds:
+    description:
+      - Seconds C(docker stop) gives an old container between SIGTERM and SIGKILL; the
+        ceiling of O(drain_seconds) when not given.
+    type: int
+  soak_seconds:
+    description:
+      - Seconds the new containers must stay running and not unhealthy while serving before
+        the old ones are drained; 0 skips it. A failure removes the new ones, the old ones stay.
+    type: float
+    default: 0
+  route_alias:
+    description:
+      - Network alias nginx resolves (C(resolver 127.0.0.11) and a variable in C(proxy_pass));
+        only replicas that passed the health gate carry it. Required unless O(action) is
+        C(images) or C(status).
+    type: str
+  route_network:
+    description:
+      - Docker network nginx and the service share; C(<project_name>_default) when not given.
+    type: str
+  resolver_valid:
+    description: Seconds nginx caches a DNS answer (its C(resolver ... valid=)).
+    type: float
+    default: 1
   poll_interval:
     description: Seconds between two looks at the new containers' health.
     type: float
@@ -110,13 +148,15 @@ options:
     default: /etc/nginx/opsauto/nginx.conf
   upstream_path:
     description:
-      - Path on the host of the file with the upstream's C(server) lines, included by the
-        nginx configuration (its directory is mounted into the nginx container, so the
-        atomic rename of a rewrite is seen at once). Written with mode C(0644).
-      - Required unless O(action=images).
+      - Path on the host of the file nginx's server block includes, naming the address nginx
+        resolves at request time (C(set $backend_route <route_alias>:<port>;)); written by
+        O(action=upstream) with mode C(0644). Its directory is mounted into the nginx
+        container; a change is read at the next reload.
     type: path
   upstream_port:
-    description: Port of O(service) inside its containers; required unless O(action=images).
+    description:
+      - Port of O(service) inside its containers; required unless O(action) is C(images) or
+        C(status).
     type: int
   docker_cli:
     description: Name or path of the docker CLI on the managed host.
@@ -144,8 +184,8 @@ EXAMPLES = r"""
     project_dir: /srv/fastapi-monolith
     project_name: fastapi-monolith
     image: fastapi-monolith/backend:1.0.0
-    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
     upstream_port: 8000
+    route_alias: backend-live
 
 - name: Refuse before anything changes when an image is neither here nor pullable
   compose_rollout:
@@ -158,24 +198,26 @@ EXAMPLES = r"""
   compose_rollout:
     project_dir: /srv/fastapi-monolith
     project_name: fastapi-monolith
-    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
     upstream_port: 8000
+    route_alias: backend-live
+    drain_seconds: 30
+    soak_seconds: 10
   register: rollout
 
 - name: Rolling restart (every replica replaced, one health-gated switch)
   compose_rollout:
     project_dir: /srv/fastapi-monolith
     project_name: fastapi-monolith
-    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
     upstream_port: 8000
+    route_alias: backend-live
     replace_all: true
 
-- name: Let nginx resolve the backend replicas again
+- name: Check and reload nginx's configuration, confirmed by a new worker generation
   compose_rollout:
     project_dir: /srv/fastapi-monolith
     project_name: fastapi-monolith
-    upstream_path: /srv/fastapi-monolith/nginx/backend-upstream.conf
     upstream_port: 8000
+    route_alias: backend-live
     action: reload
 """
 
@@ -252,9 +294,14 @@ missing_images:
   type: list
   elements: str
 nginx_reloaded:
-  description: Whether nginx was reloaded after the upstream file changed.
-  returned: action is upstream
+  description: Whether nginx was reloaded (and runs a new worker generation).
+  returned: action is upstream or reload
   type: bool
+routed:
+  description: Replicas that were given O(route_alias) (or would be, in check mode).
+  returned: action is upstream, route or reload
+  type: list
+  elements: str
 events:
   description: Timeline of the rollout, seconds since the module started and what happened.
   returned: always
@@ -262,7 +309,7 @@ events:
   elements: dict
   sample:
     - {t: 1.21, event: "started fastapi-monolith-backend-3"}
-    - {t: 3.65, event: "nginx reloaded"}
+    - {t: 3.65, event: "routed to fastapi-monolith-backend-3 (alias backend-live)"}
 """
 
 import subprocess
@@ -276,7 +323,7 @@ ARGUMENT_SPEC = {
     "service": {"type": "str", "default": "backend"},
     "action": {
         "type": "str",
-        "choices": ["rollout", "upstream", "reload", "images", "status"],
+        "choices": ["rollout", "upstream", "route", "reload", "images", "status"],
         "default": "rollout",
     },
     "image": {"type": "str"},
@@ -285,7 +332,12 @@ ARGUMENT_SPEC = {
     "compose_file": {"type": "path"},
     "replace_all": {"type": "bool", "default": False},
     "health_timeout": {"type": "int", "default": 120},
-    "drain_seconds": {"type": "float", "default": 2},
+    "drain_seconds": {"type": "float", "default": 30},
+    "stop_grace_seconds": {"type": "int"},
+    "soak_seconds": {"type": "float", "default": 0},
+    "route_alias": {"type": "str"},
+    "route_network": {"type": "str"},
+    "resolver_valid": {"type": "float", "default": 1},
     "poll_interval": {"type": "float", "default": 0.25},
     "nginx_service": {"type": "str", "default": "nginx"},
     "nginx_conf": {"type": "str", "default": "/etc/nginx/opsauto/nginx.conf"},
@@ -293,7 +345,7 @@ ARGUMENT_SPEC = {
     "upstream_port": {"type": "int"},
     "docker_cli": {"type": "str", "default": "docker"},
 }
-NGINX_ACTIONS = ("rollout", "upstream", "reload")
+NGINX_ACTIONS = ("rollout", "upstream", "route", "reload")
 
 
 def main():
@@ -301,13 +353,15 @@ def main():
         argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
         required_if=[
-            *(("action", a, ("upstream_path", "upstream_port")) for a in NGINX_ACTIONS),
+            *(("action", a, ("upstream_port", "route_alias")) for a in NGINX_ACTIONS),
+            ("action", "upstream", ("upstream_path",)),
             ("action", "images", ("images",)),
         ],
     )
     params = module.params
-    for name in ("health_timeout", "drain_seconds", "poll_interval"):
-        if params[name] < 0:
+    for name in ("health_timeout", "drain_seconds", "poll_interval", "soak_seconds",
+                 "resolver_valid", "stop_grace_seconds"):  # fmt: skip
+        if (params[name] or 0) < 0:
             module.fail_json(msg=f"{name} must be 0 or more, got {params[name]}")
     docker = module.get_bin_path(params["docker_cli"])
     if docker is None:
@@ -315,7 +369,12 @@ def main():
             msg=f"{params['docker_cli']} not found on the managed host: install the Docker CLI "
             "and compose plugin, or set docker_cli to its path"
         )
-    params = dict(params, docker_cli=docker)
+    # The gate of draining containers (docs/rollout.md); without them the module says so.
+    tools = {
+        f"{tool}_cli": module.get_bin_path(tool, opt_dirs=["/usr/sbin", "/sbin"]) or tool
+        for tool in ("nsenter", "iptables")
+    }
+    params = dict(params, docker_cli=docker, **tools)
 
     def run(argv, data=None, timeout=None):
         if timeout is None:

@@ -1,8 +1,9 @@
 # Zero-downtime rollout of one Docker Compose service behind nginx, in one process.
 #
-# Used by library/compose_rollout.py. Everything goes through the docker CLI (the same
-# engine and compose plugin an operator uses); `run` is a callable like
-# AnsibleModule.run_command: run(argv, data=None) -> (rc, stdout, stderr).
+# Used by library/compose_rollout.py; nginx routing (network alias, gate, drain, reload) is
+# in compose_routing.py, the guarantees and limits in docs/rollout.md. Everything goes
+# through the docker CLI (the same engine and compose plugin an operator uses); `run` is a
+# callable like AnsibleModule.run_command: run(argv, data=None) -> (rc, stdout, stderr).
 from __future__ import annotations
 
 import json
@@ -10,23 +11,15 @@ import os
 import stat
 import time
 
+from ansible.module_utils.compose_routing import Routing
 from ansible.module_utils.fileops import write_bytes_atomic
 from ansible.module_utils.ops_errors import OpsError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 HASH_LABEL = "com.docker.compose.config-hash"
-
-NGINX_TEST_FAILED = 97
-NGINX_TEST_AND_RELOAD = (
-    f'nginx -t -q -c "$1" || exit {NGINX_TEST_FAILED}; exec nginx -c "$1" -s reload'
-)
-
-UPSTREAM_HEADER = (
-    "# Managed by opsauto (compose_rollout module); rewritten during every rollout.\n"
-    "# Servers of the {service} upstream, included by nginx.conf. nginx resolves these\n"
-    "# names when it (re)loads its configuration.\n"
-)
+# `docker compose run` containers carry the service label too; they are never replicas.
+ONEOFF_LABEL = "com.docker.compose.oneoff"
 
 
 class RolloutError(OpsError):
@@ -115,18 +108,6 @@ def set_service_image(text, service, image):
     )
 
 
-def upstream_text(service, port, servers=()):
-    """The nginx upstream body: explicit containers during a rollout, else the service name."""
-    lines = [UPSTREAM_HEADER.format(service=service)]
-    if servers:
-        lines.append("# A rollout is in progress: only these replicas get new requests.\n")
-        lines.extend(f"server {name}:{port} max_fails=1 fail_timeout=5s;\n" for name in servers)
-    else:
-        lines.append("# Every replica: Docker's DNS returns one address per container.\n")
-        lines.append(f"server {service}:{port} max_fails=1 fail_timeout=5s;\n")
-    return "".join(lines)
-
-
 def created_key(container):
     """Sort key for Docker's RFC 3339 'Created' (the fraction has a variable length)."""
     stamp = container.get("Created", "")
@@ -175,9 +156,20 @@ def plan(containers, desired_hash, replicas, replace_all=False):
     }
 
 
-class Rollout:
-    def __init__(self, run, params, check_mode=False, sleep=time.sleep, clock=time.monotonic):
+def read_text(path):
+    with open(path, encoding="ascii") as handle:
+        return handle.read()
+
+
+class Rollout(Routing):
+    error = RolloutError
+    health_of = staticmethod(health_of)
+
+    def __init__(
+        self, run, params, check_mode=False, sleep=time.sleep, clock=time.monotonic, read=None
+    ):
         self.run = run
+        self.read = read or read_text  # /proc/<pid>/net/tcp of the containers being drained
         self.p = params
         self.check_mode = check_mode
         self.sleep = sleep
@@ -213,6 +205,7 @@ class Rollout:
             argv.append("-a")
         argv += ["--filter", f"label={PROJECT_LABEL}={self.p['project_name']}"]
         argv += ["--filter", f"label={SERVICE_LABEL}={service}"]
+        argv += ["--filter", f"label={ONEOFF_LABEL}=False"]
         ids = self.cmd(argv, f"listing the {service} containers")[1].split()
         return self.inspect(ids)
 
@@ -347,65 +340,6 @@ class Rollout:
         pulled = self.ensure_images(self.p["images"])
         return {"changed": bool(pulled), "pulled": pulled, "images": self.p["images"]}
 
-    # ------------------------------------------------------------------ nginx
-    def write_upstream(self, servers):
-        """Write the upstream file if its text differs; returns True when it was rewritten."""
-        path = self.p["upstream_path"]
-        text = upstream_text(self.p["service"], self.p["upstream_port"], servers)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                current = handle.read()
-        except FileNotFoundError:
-            current = None
-        self.upstream_diff = {"before": current or "", "after": text}
-        if current == text:
-            return False
-        if self.check_mode:
-            return True
-        # nginx mounts the directory: the atomic rename is seen at once
-        write_bytes_atomic(path, text.encode("utf-8"), mode=0o644)
-        return True
-
-    def reload_nginx(self):
-        """nginx -t, then a graceful reload; False when nginx does not run (yet)."""
-        running = self.containers(self.p["nginx_service"], running_only=True)
-        if not running or self.check_mode:
-            return bool(running)
-        container = running[0]["Id"]
-        conf = self.p["nginx_conf"]
-        # One docker exec for the test and the reload (a rollout is serving after its first
-        # reload); exit 97 means the test failed and nothing was reloaded.
-        rc, out, err = self.run(
-            [self.docker, "exec", container, "sh", "-c", NGINX_TEST_AND_RELOAD, "sh", conf]
-        )
-        if rc in (126, 127):  # no sh in the image: the same in two execs
-            rc, out, err = self.run(
-                [self.docker, "exec", container, "nginx", "-t", "-q", "-c", conf]
-            )
-            if rc == 0:
-                rc, out, err = self.run(
-                    [self.docker, "exec", container, "nginx", "-c", conf, "-s", "reload"]
-                )
-            else:
-                rc = NGINX_TEST_FAILED
-        if rc == NGINX_TEST_FAILED:
-            raise RolloutError(
-                "nginx -t rejected the configuration, nginx was not reloaded: "
-                f"{(err or out).strip()}"
-            )
-        if rc != 0:
-            lines = (err or out or "").strip().splitlines()
-            raise RolloutError(
-                f"nginx reload failed (exit {rc}): {lines[-1] if lines else 'no output'}"
-            )
-        self.note("nginx reloaded")
-        return True
-
-    def route(self, servers):
-        changed = self.write_upstream(servers)
-        reloaded = self.reload_nginx() if changed else False
-        return changed, reloaded
-
     # ------------------------------------------------------------------ rollout steps
     def start_missing(self, before, count):
         service = self.p["service"]
@@ -500,21 +434,55 @@ class Rollout:
         message += f" Last health check output: {health_out}. Last log line: {last_log}"
         raise RolloutError(message)
 
-    def retire(self, keep, new, remove):
-        """Route to the containers that stay, drain, stop and remove the others."""
+    def soak(self, new):
+        """Keep the old containers until the new ones stayed healthy soak_seconds."""
+        seconds = float(self.p.get("soak_seconds") or 0)
+        if not new or seconds <= 0:
+            return
+        deadline = self.clock() + seconds
+        while True:
+            states = {c["Name"].lstrip("/"): c for c in self.inspect(new)}
+            sick = [
+                f"{n} {states[n]['State']['Status']} {health_of(states[n])}" if n in states
+                else f"{n} gone"
+                for n in new
+                if n not in states
+                or states[n]["State"]["Status"] != "running"
+                or health_of(states[n]) == "unhealthy"
+            ]  # fmt: skip
+            if sick:
+                self.drain(self.gate([n for n in new if n in states]))
+                self.run([self.docker, "rm", "--force", *new])
+                self.note(f"removed {', '.join(new)}: not healthy during the soak")
+                raise RolloutError(
+                    f"Rollout of {self.p['service']} stopped: the new container(s) did not stay "
+                    f"healthy for the soak of {seconds:g} s ({'; '.join(sick)}). They were "
+                    "removed; the old containers kept serving and were not touched."
+                )
+            if self.clock() >= deadline:
+                break
+            self.sleep(min(1.0, max(deadline - self.clock(), 0.01)))
+        self.note(f"soak of {seconds:g} s passed: {', '.join(new)} stayed healthy")
+
+    def retire(self, remove, wait_dns):
+        """Refuse new connections to the old containers, drain them, stop and remove them."""
+        gated = {}
         try:
-            self.route(keep + new)
-            self.note(f"nginx routes to {', '.join(keep + new)}")
-            drain = float(self.p["drain_seconds"])
-            if drain > 0:
-                self.sleep(drain)
-            # One `docker stop` stops them in parallel, each with its stop_grace_period.
-            self.cmd([self.docker, "stop", *remove], "stopping the old containers")
+            if wait_dns:
+                # nginx caches Docker's DNS answer resolver_valid s: then it knows the new ones.
+                self.sleep(float(self.p["resolver_valid"]) + 0.5)
+            gated = self.gate(remove)
+            if gated:
+                self.drain(gated)
+            # One `docker stop` stops them in parallel (SIGTERM: in-flight requests finish).
+            grace = str(self.stop_grace())
+            self.cmd([self.docker, "stop", "--time", grace, *remove], "stopping the old containers")
+            gated = {}
             self.cmd([self.docker, "rm", *remove], "removing the old containers")
             self.note(f"stopped and removed {', '.join(remove)}")
         finally:
-            # Whatever happened, nginx goes back to resolving every replica by name.
-            self.route([])
+            # A failure before the stop: the old containers take new connections again.
+            self.ungate(gated)
 
     # ------------------------------------------------------------------ entry points
     def rollout(self):
@@ -586,18 +554,28 @@ class Rollout:
             sick = self.wait_healthy(new)
             if sick:
                 self.abort(new, sick, before)
+        # The health gate passed: the new containers (and any kept one not yet routed, e.g.
+        # created by compose) get the alias nginx resolves; no reload.
+        attached = self.attach(self.inspect(keep + new))
+        self.soak(new)
         if remove:
-            self.retire(keep, new, remove)
-        else:
-            self.reload_nginx()  # nginx resolves the service name again, new replicas included
+            self.retire(remove, wait_dns=bool(attached))
         if image:
             self.check_running_image(image)
         return result
 
     def upstream(self):
-        changed, reloaded = self.route([])
+        changed = self.write_upstream()
+        routed = self.adopt()
+        reloaded = self.reload_nginx() if changed else False
         self.diff = self.upstream_diff
-        return {"changed": changed, "nginx_reloaded": reloaded}
+        return {"changed": changed or bool(routed), "routed": routed, "nginx_reloaded": reloaded}
+
+    def route(self):
+        routed = self.adopt()
+        return {"changed": bool(routed), "routed": routed}
 
     def reload(self):
-        return {"changed": self.reload_nginx() and not self.check_mode}
+        routed = self.adopt()
+        reloaded = self.reload_nginx() and not self.check_mode
+        return {"changed": bool(reloaded or routed), "routed": routed, "nginx_reloaded": reloaded}

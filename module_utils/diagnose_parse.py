@@ -214,6 +214,8 @@ def parse_upstream(text):
         fields = line.strip().rstrip(";").split()
         if len(fields) >= 2 and fields[0] == "server":
             servers.append(fields[1])
+        elif len(fields) == 3 and fields[:2] == ["set", "$backend_route"]:
+            servers.append(fields[2])  # the address nginx resolves at request time
     return servers
 
 

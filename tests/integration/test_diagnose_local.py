@@ -304,7 +304,7 @@ def test_database_paused(stack):
 
 def test_nginx_upstream_at_a_wrong_port(stack):
     upstream = stack["dir"] / "nginx" / "backend-upstream.conf"
-    upstream.write_text("server backend:9999 max_fails=1 fail_timeout=5s;\n")
+    upstream.write_text("set $backend_route backend-live:9999;\n")
     reload_nginx()
     since = now_utc()
     try:
@@ -312,14 +312,14 @@ def test_nginx_upstream_at_a_wrong_port(stack):
         check = assert_only_root_cause(
             report, "configuration.upstream", "FAIL", "playbooks/deploy.yml"
         )
-        assert "backend:9999" in check["summary"]
+        assert "backend-live:9999" in check["summary"]
         statuses = {c["id"]: c["status"] for c in report["checks"]}
         assert statuses["network.http"] == "FAIL"  # its symptom
         assert statuses["network.replicas"] == "PASS"  # the replicas themselves answer
     finally:
         # The remedy it names rewrites the upstream and reloads nginx.
         remedy(stack, "upstream-port", "deploy.yml", deploy_health_timeout=90)
-    assert "backend:8000" in upstream.read_text()
+    assert "backend-live:8000" in upstream.read_text()
     wait_until_healthy()
 
 

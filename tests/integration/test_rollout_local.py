@@ -162,5 +162,5 @@ def test_rollback_to_the_previous_good_release_from_the_ledger(tmp_path, stack):
     ]
     assert report, "no rollback report"
     assert "rolled back from 1.0.0 to 1.1.0" in report[0]
-    assert "nginx reloaded" in report[0]  # the switch's timeline from compose_rollout
+    assert "routed to" in report[0]  # the switch's timeline from compose_rollout
     assert "stopped and removed" in report[0]

@@ -1,8 +1,9 @@
-"""Unit tests of the rollout planning in module_utils/compose_rollout.py.
+"""Unit tests of the rollout in module_utils/compose_rollout.py and compose_routing.py.
 
-The rollout's abort, drain and failure paths and the release switch (image check, the
-compose file's image line, check mode) run here against a fake docker CLI (FakeDocker: the
-runner, sleep and clock are injected), asserting on the commands in the order they ran. The
+The rollout's abort, routing (network alias), gate, drain, soak and failure paths and the
+release switch (image check, the compose file's image line, check mode) run here against a
+fake docker CLI (FakeDocker: the runner, sleep, clock and /proc reader are injected),
+asserting on the commands in the order they ran. The
 real engine is used by tests/integration/test_rollout_local.py and the Molecule rollback,
 restart and scale scenarios.
 """
@@ -20,6 +21,7 @@ MODULE_UTILS = Path(__file__).resolve().parents[2] / "module_utils"
 if str(MODULE_UTILS) not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(MODULE_UTILS))
 cr = importlib.import_module("ansible.module_utils.compose_rollout")
+routing = importlib.import_module("ansible.module_utils.compose_routing")
 
 
 def container(name, created, config_hash="new", status="running", health="healthy"):
@@ -99,14 +101,33 @@ def test_a_container_without_health_check_counts_as_up_to_date_while_running():
     assert cr.plan(cs, "new", 1)["keep"] == ["b-1"]
 
 
-def test_upstream_lists_explicit_servers_during_a_rollout_and_the_service_otherwise():
-    during = cr.upstream_text("backend", 8000, ["p-backend-3", "p-backend-4"])
-    assert "server p-backend-3:8000 max_fails=1 fail_timeout=5s;" in during
-    assert "server p-backend-4:8000" in during
-    assert "server backend:8000" not in during
-    steady = cr.upstream_text("backend", 8000)
-    servers = [line for line in steady.splitlines() if line.startswith("server ")]
-    assert servers == ["server backend:8000 max_fails=1 fail_timeout=5s;"]
+def test_upstream_file_names_the_alias_nginx_resolves():
+    text = routing.upstream_text("backend-live", 8000)
+    assert [line for line in text.splitlines() if not line.startswith("#")] == [
+        "set $backend_route backend-live:8000;"
+    ]
+
+
+TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000 10001
+   1: 0300170A:1F40 0500170A:A2C4 01 00000000:00000000 00:00000000 00000000 10001
+   2: 0100007F:1F40 0100007F:B00C 01 00000000:00000000 00:00000000 00000000 10001
+   3: 0300170A:1F40 0500170A:A2C6 08 00000000:00000000 00:00000000 00000000 10001
+   4: 0300170A:1F40 0500170A:A2C8 06 00000000:00000000 00:00000000 00000000 10001
+   5: 0300170A:9C40 0200170A:1538 01 00000000:00000000 00:00000000 00000000 10001
+"""
+
+
+def test_busy_connections_count_requests_in_flight_on_the_port_but_not_the_health_check():
+    # established and close-wait from nginx count; listen, loopback, time-wait, other ports not
+    assert routing.busy_connections(TCP, 8000) == 2
+    assert routing.busy_connections(TCP, 9000) == 0
+
+
+def test_nginx_workers_are_told_apart_from_those_shutting_down():
+    text = "7 nginx: worker process  \n9 nginx: worker process is shutting down \nx junk\n"
+    assert routing.parse_workers(text) == ({"7"}, {"9"})
 
 
 # --------------------------------------------------------------------------- fake docker CLI
@@ -115,6 +136,7 @@ def test_upstream_lists_explicit_servers_during_a_rollout_and_the_service_otherw
 # upstream file nginx had at each reload.
 
 PROJECT = "p"
+ID_PREFIX = "0123456789ab"  # container IDs: Docker adds the first 12 characters as an alias
 OLD, NEW = "hash-old", "hash-new"
 
 
@@ -124,7 +146,6 @@ class FakeDocker:
         self.compose.write_text(COMPOSE.format(tag="1.1.0"))
         self.upstream = tmp_path / "nginx" / "backend-upstream.conf"
         self.upstream.parent.mkdir()
-        self.upstream.write_text(cr.upstream_text("backend", 8000))
         self.replicas = replicas
         self.desired = NEW
         self.new_health = new_health  # health of containers started by `compose up`
@@ -138,13 +159,17 @@ class FakeDocker:
         self.log = []  # (kind, detail), in order
         self.now = 0.0
         self.containers = {}
+        self.busy = {}  # container -> connection counts its /proc/<pid>/net/tcp shows in turn
+        self.workers = [{"5", "6"}, {"7", "8"}]  # nginx workers before and after a reload
         for i in (1, 2):
-            self.add(f"p-backend-{i}", OLD, "healthy")
+            self.add(f"p-backend-{i}", OLD, "healthy", routed=True)
         self.containers["p-nginx-1"] = {"service": "nginx", "hash": "n", "status": "running"}
         self.containers["p-nginx-1"]["health"] = "healthy"
 
-    def add(self, name, config_hash, health, image="fastapi-monolith/backend:1.1.0"):
+    def add(self, name, config_hash, health, image="fastapi-monolith/backend:1.1.0", routed=False):
         self.containers[name] = {
+            "aliases": ["backend", name, "live"] if routed else ["backend", name],
+            "pid": str(100 + len(self.containers)),
             "service": "backend",
             "hash": config_hash,
             "status": "running",
@@ -162,7 +187,22 @@ class FakeDocker:
     def clock(self):
         return self.now
 
+    def read(self, path):
+        if path.endswith("tcp6"):
+            return ""
+        pid = path.split("/")[2]
+        name = next(n for n, c in self.containers.items() if c.get("pid") == pid)
+        counts = self.busy.get(name) or [0]
+        count = counts.pop(0) if len(counts) > 1 else counts[0]
+        rows = "".join(f"  {i}: 0300170A:1F40 0500170A:A2C{i} 01 0\n" for i in range(count))
+        return "  sl  local_address rem_address   st\n" + rows
+
     def run(self, argv, data=None, timeout=None):
+        if argv[0] == "nsenter":  # nsenter -t PID -n iptables -w -I|-D INPUT ...
+            name = next(n for n, c in self.containers.items() if c.get("pid") == argv[2])
+            assert argv[8:] == routing.gate_rule(8000)
+            self.log.append(("gate" if argv[6] == "-I" else "ungate", name))
+            return self.containers[name].get("gate_rc", 0), "", "iptables: not found"
         args = argv[1:]
         if args[0] == "compose":
             args = args[5:]  # --project-directory DIR -p NAME
@@ -180,16 +220,36 @@ class FakeDocker:
         return 0, json.dumps({"services": {"backend": {"deploy": {"replicas": self.replicas}}}}), ""
 
     def do_ps(self, args):
-        service = args[-1].rsplit("=", 1)[1]
+        filters = dict(args[i + 1].split("=", 1)[1].split("=", 1) for i, a in enumerate(args)
+                       if a == "--filter")  # fmt: skip
+        service = filters[cr.SERVICE_LABEL]
+        assert filters[cr.ONEOFF_LABEL] == "False"
         running_only = "-a" not in args
         ids = [
             name
             for name, c in self.containers.items()
-            if c["service"] == service and (c["status"] == "running" or not running_only)
+            if c["service"] == service
+            and (c["status"] == "running" or not running_only)
+            and not c.get("oneoff")
         ]
         return 0, "\n".join(ids), ""
 
+    def do_network(self, args):
+        op, network, name = args[1], args[-2], args[-1]
+        assert network == "p_default"
+        if op == "disconnect":
+            self.containers[name]["aliases"] = None
+        else:
+            self.containers[name]["aliases"] = [
+                a for i, a in enumerate(args) if args[i - 1] == "--alias"
+            ]
+            self.log.append(("route", name))
+        return 0, "", ""
+
     def do_inspect(self, args):
+        if args[1] == "--format":  # {{.State.Pid}}
+            c = self.containers.get(args[-1]) or {}
+            return (0, c["pid"] + "\n", "") if c.get("status") == "running" else (1, "", "gone")
         out = []
         for name in args[1:]:
             c = self.containers.get(name)
@@ -200,9 +260,15 @@ class FakeDocker:
             labels = {cr.HASH_LABEL: c["hash"]}
             config = {"Labels": labels, "Image": c.get("image")}
             config["Healthcheck"] = {"Test": ["CMD", "python3", "-c", "probe"], "Timeout": 4e9}
+            networks = {"p_default": {"Aliases": c.get("aliases")}} if c.get("aliases") else {}
             out.append(
-                {"Id": name, "Name": f"/{name}", "Created": c.get("created", ""), "State": state}
-                | {"Config": config}
+                {
+                    "Id": ID_PREFIX + name,
+                    "Name": f"/{name}",
+                    "Created": c.get("created", ""),
+                    "State": state,
+                }
+                | {"Config": config, "NetworkSettings": {"Networks": networks}}
             )
         return (0 if len(out) == len(args) - 1 else 1), json.dumps(out), ""
 
@@ -219,25 +285,26 @@ class FakeDocker:
         return 0, "", ""
 
     def do_exec(self, args):
+        args = [args[0], args[1].removeprefix(ID_PREFIX), *args[2:]]
         if args[1] != "p-nginx-1":  # the module runs a new container's own health test
             assert args[2:] == ["python3", "-c", "probe"]
             self.log.append(("health test", args[1]))
             return self.containers[args[1]].get("probe_rc", 1), "", ""
+        if args[2:] == ["sh", "-c", routing.NGINX_WORKERS]:
+            pids = self.workers[0] if len(self.workers) == 1 else self.workers.pop(0)
+            return 0, "".join(f"{p} nginx: worker process\n" for p in sorted(pids)), ""
         if self.nginx_test_rc:
             self.log.append(("nginx -t rejected", None))
-            return self.nginx_test_rc, "", "nginx: [emerg] host not found in upstream"
-        assert args[2:5] == ["sh", "-c", cr.NGINX_TEST_AND_RELOAD]  # test and reload in one exec
-        servers = [
-            line.split()[1].split(":")[0]
-            for line in self.upstream.read_text().splitlines()
-            if line.startswith("server ")
-        ]
-        self.log.append(("reload", servers))
+            return self.nginx_test_rc, "", "nginx: [emerg] unknown directive"
+        assert args[2:5] == ["sh", "-c", routing.NGINX_TEST_AND_RELOAD]  # test and reload at once
+        self.log.append(("reload", None))
         return 0, "", ""
 
     def do_stop(self, args):
-        self.log.append(("stop", args[1:]))
-        for name in args[1:]:
+        assert args[1] == "--time"
+        self.log.append(("stop", args[3:]))
+        self.log.append(("grace", args[2]))
+        for name in args[3:]:
             self.containers[name]["status"] = "exited"
         return 0, "", ""
 
@@ -309,29 +376,80 @@ def rollout(fake, check_mode=False, **params):
         "nginx_conf": "/etc/nginx/opsauto/nginx.conf",
         "upstream_path": str(fake.upstream),
         "upstream_port": 8000,
+        "route_alias": "live",
+        "route_network": None,
+        "resolver_valid": 1,
+        "soak_seconds": 0,
         "docker_cli": "docker",
     }
     base.update(params)
-    return cr.Rollout(fake.run, base, check_mode=check_mode, sleep=fake.sleep, clock=fake.clock)
+    return cr.Rollout(
+        fake.run, base, check_mode=check_mode, sleep=fake.sleep, clock=fake.clock, read=fake.read
+    )
 
 
-STEADY = ["backend"]
+def routed(fake):
+    return sorted(n for n, c in fake.containers.items() if "live" in (c.get("aliases") or []))
 
 
-def test_rollout_routes_to_the_new_containers_then_drains_then_stops_the_old(tmp_path):
+def test_rollout_routes_to_the_new_containers_then_gates_drains_and_stops_the_old(tmp_path):
     fake = FakeDocker(tmp_path)
+    fake.busy = {"p-backend-1": [2, 1, 0], "p-backend-2": [1, 0]}
     result = rollout(fake).rollout()
     assert result["started"] == ["p-backend-3", "p-backend-4"]
     assert result["removed"] == ["p-backend-1", "p-backend-2"]
-    assert fake.kinds("up", "reload", "sleep", "stop", "rm") == [
+    assert fake.kinds("up", "route", "sleep", "gate", "stop", "grace", "rm", "reload") == [
         ("up", ["p-backend-3", "p-backend-4"]),
-        ("reload", ["p-backend-3", "p-backend-4"]),  # only the new ones get requests
-        ("sleep", 2),  # drain: in-flight requests on the old ones finish
+        ("route", "p-backend-3"),  # the health gate passed: they get the alias nginx resolves
+        ("route", "p-backend-4"),
+        ("sleep", 1.5),  # past nginx's DNS cache (resolver valid=1s): it knows the new ones
+        ("gate", "p-backend-1"),  # new connections refused, nginx uses another replica
+        ("gate", "p-backend-2"),
+        ("sleep", 0.25),  # requests still in flight: 3, then 1, then none
+        ("sleep", 0.25),
         ("stop", ["p-backend-1", "p-backend-2"]),
+        ("grace", "2"),
         ("rm", ["p-backend-1", "p-backend-2"]),
-        ("reload", STEADY),  # every replica by the service's name again
-    ]
-    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+    ]  # and never an nginx reload
+    assert routed(fake) == ["p-backend-3", "p-backend-4"]
+    assert fake.containers["p-backend-3"]["aliases"] == ["backend", "p-backend-3", "live"]
+
+
+def test_the_drain_ends_at_drain_seconds_and_stop_gets_the_grace(tmp_path):
+    fake = FakeDocker(tmp_path, replicas=1)
+    fake.desired = OLD
+    fake.busy = {"p-backend-2": [1]}  # a request that outlasts the drain
+    sw = rollout(fake, drain_seconds=30, stop_grace_seconds=45)
+    sw.rollout()
+    assert sum(s for kind, s in fake.log if kind == "sleep") == pytest.approx(30)
+    assert fake.kinds("stop", "grace") == [("stop", ["p-backend-2"]), ("grace", "45")]
+    assert "drain limit 30 s reached with 1 connection(s) still open" in str(sw.events)
+
+
+def test_without_iptables_the_old_containers_are_stopped_without_a_drain(tmp_path):
+    fake = FakeDocker(tmp_path, replicas=1)
+    fake.desired = OLD
+    fake.containers["p-backend-2"]["gate_rc"] = 127
+    fake.busy = {"p-backend-2": [1]}
+    sw = rollout(fake)
+    sw.rollout()
+    assert fake.kinds("sleep", "stop") == [("stop", ["p-backend-2"])]
+    assert "could not refuse new connections" in str(sw.events)
+
+
+def test_one_off_containers_are_not_replicas(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.desired = OLD
+    fake.add("p-backend-run-1a2b", OLD, "healthy")
+    fake.containers["p-backend-run-1a2b"]["oneoff"] = True
+    result = rollout(fake).rollout()
+    assert (result["before"], result["removed"], result["started"]) == (
+        ["p-backend-1", "p-backend-2"], [], []
+    )  # fmt: skip
+    assert fake.kinds("up", "stop", "rm", "rm --force") == []
+    fake.replicas = 1
+    assert rollout(fake).rollout()["removed"] == ["p-backend-2"]
+    assert fake.containers["p-backend-run-1a2b"]["status"] == "running"
 
 
 def test_a_new_container_that_turns_unhealthy_is_removed_and_the_old_ones_are_untouched(tmp_path):
@@ -346,7 +464,7 @@ def test_a_new_container_that_turns_unhealthy_is_removed_and_the_old_ones_are_un
     assert "Last health check output: probe said no" in message
     assert "Last log line: Traceback: database is down" in message
     # the new ones went, nginx never routed to them, nothing old was stopped
-    assert fake.kinds("rm --force", "stop", "rm", "reload") == [
+    assert fake.kinds("rm --force", "stop", "rm", "route", "gate") == [
         ("rm --force", ["p-backend-3", "p-backend-4"])
     ]
     assert {n for n, c in fake.containers.items() if c["service"] == "backend"} == {
@@ -354,7 +472,7 @@ def test_a_new_container_that_turns_unhealthy_is_removed_and_the_old_ones_are_un
         "p-backend-2",
     }
     assert all(fake.containers[n]["status"] == "running" for n in ("p-backend-1", "p-backend-2"))
-    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+    assert routed(fake) == ["p-backend-1", "p-backend-2"]
 
 
 def test_a_new_container_still_starting_at_the_deadline_is_removed(tmp_path):
@@ -371,10 +489,10 @@ def test_a_new_container_passing_its_own_health_test_is_routed_to_at_once(tmp_pa
     fake.new_state = {"probe_rc": 0}
     result = rollout(fake).rollout()
     assert result["started"] == ["p-backend-3", "p-backend-4"]
-    assert fake.kinds("health test", "sleep", "reload")[:3] == [
+    assert fake.kinds("health test", "sleep", "route")[:3] == [
         ("health test", "p-backend-3"),
         ("health test", "p-backend-4"),
-        ("reload", ["p-backend-3", "p-backend-4"]),  # no poll wait before the switch
+        ("route", "p-backend-3"),  # no poll wait before the switch
     ]
 
 
@@ -384,7 +502,37 @@ def test_a_failing_health_test_run_by_the_module_does_not_pass_the_gate(tmp_path
     with pytest.raises(cr.RolloutError, match="p-backend-3 running starting"):
         rollout(fake, health_timeout=1).rollout()
     assert fake.kinds("health test").count(("health test", "p-backend-3")) == 3  # 0, .5, 1 s
-    assert fake.kinds("reload", "stop") == []
+    assert fake.kinds("route", "gate", "stop") == []
+
+
+def test_soak_keeps_the_old_containers_until_the_new_ones_stayed_healthy(tmp_path):
+    fake = FakeDocker(tmp_path)
+    sw = rollout(fake, soak_seconds=3)
+    sw.rollout()
+    kinds = [k for k, _ in fake.kinds("route", "sleep", "gate")]
+    assert kinds == ["route", "route", "sleep", "sleep", "sleep", "sleep", "gate", "gate"]
+    assert "soak of 3 s passed" in str(sw.events)
+
+
+def test_a_new_container_failing_during_the_soak_is_removed_and_the_old_ones_stay(tmp_path):
+    fake = FakeDocker(tmp_path)
+    real_sleep = fake.sleep
+
+    def sleep(seconds):  # p-backend-4 turns unhealthy one second into the soak
+        real_sleep(seconds)
+        if "p-backend-4" in fake.containers and fake.kinds("route"):
+            fake.containers["p-backend-4"]["health"] = "unhealthy"
+
+    fake.sleep = sleep
+    with pytest.raises(cr.RolloutError, match="did not stay healthy for the soak of 5 s"):
+        rollout(fake, soak_seconds=5).rollout()
+    assert fake.kinds("gate", "rm --force", "stop") == [
+        ("gate", "p-backend-3"),
+        ("gate", "p-backend-4"),
+        ("rm --force", ["p-backend-3", "p-backend-4"]),
+    ]
+    assert routed(fake) == ["p-backend-1", "p-backend-2"]
+    assert all(fake.containers[n]["status"] == "running" for n in ("p-backend-1", "p-backend-2"))
 
 
 def test_health_test_argv_from_the_container_config():
@@ -409,30 +557,56 @@ def test_status_lists_the_containers_oldest_first_and_the_running_ones(tmp_path)
     assert not result["changed"]
 
 
-def test_a_failure_after_the_switch_restores_the_upstream_in_finally(tmp_path):
+def test_a_failure_before_the_stop_lets_the_old_containers_take_connections_again(tmp_path):
     fake = FakeDocker(tmp_path)
-    fake.fail["stop p-backend-1"] = (1, "Error response from daemon: cannot stop")
+    fake.fail["stop --time"] = (1, "Error response from daemon: cannot stop")
     with pytest.raises(cr.RolloutError, match="stopping the old containers failed .*cannot stop"):
         rollout(fake).rollout()
-    assert fake.kinds("reload", "sleep", "failed") == [
-        ("reload", ["p-backend-3", "p-backend-4"]),
-        ("sleep", 2),
-        ("failed", "stop p-backend-1"),
-        ("reload", STEADY),  # finally: nginx resolves every replica by name again
+    assert fake.kinds("gate", "ungate", "failed") == [
+        ("gate", "p-backend-1"),
+        ("gate", "p-backend-2"),
+        ("failed", "stop --time"),
+        ("ungate", "p-backend-1"),  # finally: they serve again
+        ("ungate", "p-backend-2"),
     ]
-    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
 
 
-def test_nginx_rejecting_the_new_upstream_stops_nothing_and_the_upstream_is_restored(tmp_path):
+def test_reload_checks_the_configuration_and_waits_for_a_new_worker_generation(tmp_path):
     fake = FakeDocker(tmp_path)
-    fake.nginx_test_rc = cr.NGINX_TEST_FAILED
-    with pytest.raises(cr.RolloutError, match="nginx -t rejected .*host not found"):
-        rollout(fake).rollout()
-    assert [k for k, _ in fake.kinds("stop", "rm")] == []  # the old ones were never stopped
-    assert fake.upstream.read_text() == cr.upstream_text("backend", 8000)
+    fake.workers = [{"5", "6"}, {"5", "6"}, {"5", "6", "7"}, {"7", "8"}]
+    sw = rollout(fake, action="reload")
+    result = sw.reload()
+    assert result["nginx_reloaded"]
+    assert fake.kinds("reload", "sleep") == [("reload", None), ("sleep", 0.2), ("sleep", 0.2)]
+    assert "nginx runs the new configuration (workers 7, 8)" in str(sw.events)
 
 
-def test_scale_down_drains_before_stopping_and_starts_nothing(tmp_path):
+def test_a_reload_without_a_new_worker_generation_fails_naming_the_workers(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.workers = [{"5", "6"}]
+    with pytest.raises(cr.RolloutError, match="no new worker generation started within 10 s"):
+        rollout(fake).reload()
+
+
+def test_nginx_rejecting_the_configuration_is_not_reloaded(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.nginx_test_rc = routing.NGINX_TEST_FAILED
+    with pytest.raises(cr.RolloutError, match="nginx -t rejected .*unknown directive"):
+        rollout(fake).reload()
+    assert fake.kinds("reload") == []
+
+
+def test_route_gives_the_alias_to_healthy_replicas_that_lack_it(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.add("p-backend-3", OLD, "healthy")  # created by docker compose up
+    fake.add("p-backend-4", OLD, "starting")
+    result = rollout(fake).route()
+    assert result == {"changed": True, "routed": ["p-backend-3"]}
+    assert routed(fake) == ["p-backend-1", "p-backend-2", "p-backend-3"]
+    assert rollout(fake).route() == {"changed": False, "routed": []}
+
+
+def test_scale_down_gates_and_drains_before_stopping_and_starts_nothing(tmp_path):
     fake = FakeDocker(tmp_path, replicas=1)
     fake.desired = OLD
     result = rollout(fake).rollout()
@@ -441,12 +615,10 @@ def test_scale_down_drains_before_stopping_and_starts_nothing(tmp_path):
         ["p-backend-2"],
         [],
     )
-    assert fake.kinds("up", "reload", "sleep", "stop", "rm") == [
-        ("reload", ["p-backend-1"]),
-        ("sleep", 2),
+    assert fake.kinds("up", "route", "sleep", "gate", "stop", "rm") == [
+        ("gate", "p-backend-2"),  # the kept one was routed all along: no DNS wait
         ("stop", ["p-backend-2"]),
         ("rm", ["p-backend-2"]),
-        ("reload", STEADY),
     ]
 
 
@@ -455,7 +627,7 @@ def test_check_mode_reports_the_plan_and_runs_nothing(tmp_path):
     result = rollout(fake, check_mode=True).rollout()
     assert result["changed"]
     assert result["removed"] == ["p-backend-1", "p-backend-2"]
-    assert fake.kinds("up", "reload", "sleep", "stop", "rm", "rm --force") == []
+    assert fake.kinds("up", "route", "gate", "sleep", "stop", "rm", "rm --force") == []
 
 
 # --------------------------------------------------------------------------- the release switch
