@@ -24,6 +24,8 @@ description:
   - A run that holds the lock already (same controller process, for example deploy included by
     another role under the lock) gets RV(reentrant) and does not own it; only the owner's
     O(state=released) removes it.
+  - Reports C(changed=false) - the lock is bookkeeping of the run, gone when it ends, so a
+    converge run twice stays idempotent; broken stale locks are reported as warnings.
   - Needs the action plugin of the same name (C(action_plugins/op_lock.py)), which fills in
     O(controller) and checks the holder's controller process.
 author:
@@ -132,7 +134,7 @@ def run(module: AnsibleModule) -> dict:
                 f"The lock {params['path']} was not released: it is held by another run now "
                 "(this run's lock had been broken as stale)."
             )
-        return dict(result, changed=result["released"])
+        return dict(result, changed=False)
     holder = new_holder(params["operation"], params["controller"] or {})
     result = acquire(params["path"], holder, params["break_token"], module.check_mode)
     for note in result["broken"]:
@@ -140,7 +142,9 @@ def run(module: AnsibleModule) -> dict:
     if result.get("held_by"):
         module.warn(f"Check mode: the lock {params['path']} is held by a live run; a real run "
                     "would be refused or wait.")  # fmt: skip
-    return dict(result, changed=result["acquired"] or bool(result["broken"]))
+    # A lock is bookkeeping of the run, gone when it ends: taking or releasing it is not a
+    # change of the host (a converge run twice stays idempotent); broken locks are warned.
+    return dict(result, changed=False)
 
 
 def main() -> None:
