@@ -234,8 +234,22 @@ def test_collect_bundles_redacted_evidence_of_the_running_stack(stack, tmp_path)
     for service in ("db", "backend", "nginx"):
         assert f"localhost/logs/{service}.log" in contents, sorted(contents)
     assert "diagnose/fleet.json" in contents
+    # Prometheus range queries over the incident's window, from the stack's own Prometheus.
+    queries = json.loads(contents["localhost/prometheus/queries.json"])
+    assert [q["name"] for q in queries] == [
+        "backend_requests_per_second", "backend_5xx_ratio", "backend_p95_seconds", "targets_up",
+    ]  # fmt: skip
+    assert not [q for q in queries if "error" in q], queries
+    by_name = {q["name"]: q for q in queries}
+    assert by_name["targets_up"]["series"] >= 3  # prometheus and the backend replicas
+    assert by_name["backend_requests_per_second"]["series"] >= 1  # health checks count too
+    rates = json.loads(contents["localhost/prometheus/backend_requests_per_second.json"])
+    assert rates["status"] == "success"
+    assert rates["data"]["resultType"] == "matrix"
     assert b"DB_PASSWORD=<redacted>" in contents["localhost/env.redacted"]
-    assert b"POSTGRES_PASSWORD=<redacted>" in contents["localhost/inspect.json"]
+    # the reference stack's database password is the application role's (APP_DB_PASSWORD)
+    assert b"APP_DB_PASSWORD=<redacted>" in contents["localhost/inspect.json"]
+    assert PASSWORD.encode() not in contents["localhost/inspect.json"]
     for line in contents["MANIFEST.sha256"].decode().splitlines():
         digest, name = line.split("  ", 1)
         assert hashlib.sha256(contents[name]).hexdigest() == digest, name
