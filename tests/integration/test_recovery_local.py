@@ -31,15 +31,13 @@ import urllib.request
 import pytest
 
 from tests.conftest import compose_down, free_port, moto_client, run, run_playbook, unique_name
-from tests.integration.test_aws_runbooks import (  # noqa: F401 - fixtures used by name
-    DR,
-    SOURCE,
-    dr_vars,
-    fake_credentials,
-    play,
-    record_values,
-    world,
-)
+from tests.integration import test_aws_runbooks as aws
+from tests.integration.test_aws_runbooks import DR, SOURCE, dr_vars, play, record_values
+
+# The moto world (instance, snapshot, DR network, key, template, zone) and the fake
+# credentials of the AWS runbook tests, used here by name.
+world = aws.world
+fake_credentials = aws.fake_credentials
 
 PASSWORD = "integration-password-13"
 PG_IMAGE = "fastapi-monolith/postgres:15"
@@ -86,8 +84,11 @@ def restored_instance(docker_ready):
         )  # fmt: skip
         assert ready.returncode == 0, docker("logs", name, check=False)
         # The data the snapshot holds: the application must serve it after the cut-over.
-        psql(name, "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL,"
-                   " value integer NOT NULL DEFAULT 0, created_at timestamptz DEFAULT now())")
+        psql(
+            name,
+            "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL,"
+            " value integer NOT NULL DEFAULT 0, created_at timestamptz DEFAULT now())",
+        )
         psql(name, f"INSERT INTO items (name, value) VALUES ('{RESTORED_ITEM}', 13)")
         return name
 
@@ -159,7 +160,8 @@ def changed_tasks(result) -> list[str]:
     return [
         f"{e['event_data'].get('host')}: {e['event_data'].get('task')}"
         for e in result.events
-        if e.get("event") == "runner_on_ok" and e["event_data"].get("res", {}).get("changed")
+        if e.get("event") == "runner_on_ok"
+        and e["event_data"].get("res", {}).get("changed")
         and "operation lock" not in e["event_data"].get("task", "")
     ]
 
