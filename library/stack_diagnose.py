@@ -35,6 +35,10 @@ options:
     description: Port the backend listens on inside its containers.
     type: int
     default: 8000
+  health_path:
+    description: Health endpoint of the application, on each replica and through nginx.
+    type: str
+    default: /health
   db_name:
     description: Application database name (for pg_isready).
     type: str
@@ -177,6 +181,7 @@ def main():
             "project_dir": {"type": "path", "required": True},
             "services": {"type": "dict", "required": True},
             "backend_port": {"type": "int", "default": 8000},
+            "health_path": {"type": "str", "default": "/health"},
             "db_name": {"type": "str", "required": True},
             "db_user": {"type": "str", "required": True},
             "http_bind": {"type": "str", "default": "127.0.0.1"},

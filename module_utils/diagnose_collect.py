@@ -257,7 +257,7 @@ class Collector:
         if nginx is None:
             return None
         urls = [
-            f"http://{c['name']}:{self.p['backend_port']}/health"
+            f"http://{c['name']}:{self.p['backend_port']}{self.p.get('health_path', '/health')}"
             for c in containers
             if c["service"] == self.services["backend"] and c["state"] == "running"
         ]
@@ -427,8 +427,13 @@ class Collector:
         return {"load": load, "cpus": cpus, **mem, "listening": sorted(listening_ports(*texts)),
                 "disks": [self.disk(label, path) for label, path in disks]}  # fmt: skip
 
+    def _health_url(self):
+        """The application's health endpoint through nginx (stack_health_path)."""
+        path = self.p.get("health_path", "/health")
+        return f"http://{self.p['http_bind']}:{self.p['http_port']}{path}"
+
     def http(self):
-        url = f"http://{self.p['http_bind']}:{self.p['http_port']}/health"
+        url = self._health_url()
         answer = self.http_get(url, 5)
         facts = {"url": url, "status": answer["status"], "ms": answer["ms"],
                  "error": answer["error"], "body": answer["body"][:200]}  # fmt: skip
@@ -439,7 +444,7 @@ class Collector:
         return facts
 
     def latency(self):
-        url = f"http://{self.p['http_bind']}:{self.p['http_port']}/health"
+        url = self._health_url()
         ms, errors = [], 0
         for _ in range(self.p["latency_probes"]):
             answer = self.http_get(url, 5)

@@ -384,3 +384,24 @@ def test_collection_reads_metrics_probes_backup_metrics_and_the_5xx_series():
     assert results["backup.age"] == "PASS"
     assert results["monitoring.http_5xx"] == "PASS"
     assert results["host.clock"] == "PASS"
+
+
+def test_health_is_probed_at_the_stacks_health_path():
+    urls, docker = [], FakeDocker()
+
+    def recording_http(url, timeout):
+        urls.append(url)
+        return fake_http(url, timeout)
+
+    collector = col.Collector(
+        {**PARAMS, "health_path": "/ready"}, run=docker, http_get=recording_http,
+        clock=lambda: 1767225600.0, sleep=lambda s: None, read=read, disk=disk,
+    )  # fmt: skip
+    collector.collect()
+    health = [u for u in urls if "/api/v1/" not in u and "/metrics" not in u]
+    assert health
+    assert all(u.endswith("/ready") for u in health), health
+    # the replicas, probed from the nginx container
+    probes = [a for argv in docker.calls for a in argv if a.startswith("http://p-backend-1:")]
+    assert "http://p-backend-1:8000/ready" in probes
+    assert "http://p-backend-1:8000/health" not in probes
