@@ -95,9 +95,8 @@ def assert_no_failed_requests(host) -> dict:
 def assert_all_healthy(host) -> list[dict]:
     """Every service of the stack has containers, all running and healthy; returns them."""
     found = containers(host)
-    assert sorted({c["Service"] for c in found}) == ["backend", "db", "nginx", "prometheus"], (
-        evidence(host)
-    )
+    services = sorted({c["Service"] for c in found})
+    assert services == ["backend", "db", "nginx", "node-exporter", "prometheus"], evidence(host)
     for c in found:
         assert c["State"] == "running", f"{c['Name']}: {c['Status']}" + evidence(host)
         assert c["Health"] == "healthy", f"{c['Name']}: {c['Status']}" + evidence(host)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import ROOT, run
 
-RULES = ROOT / "roles" / "backup" / "files"
+RULES = ROOT / "roles" / "deploy" / "files" / "prometheus-rules"
 
 
 def promtool(*args: str):
