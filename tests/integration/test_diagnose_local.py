@@ -10,19 +10,32 @@ Run it under the engine lock (flock /tmp/opsauto-engine.lock pytest tests/integr
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import socket
 import time
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
+import ansible.module_utils
 import pytest
 
-from tests.conftest import compose_down, run, run_playbook
+from tests.conftest import ROOT, compose_down, run, run_playbook
 
 PROJECT = "opsauto-it-diagnose"
 HTTP_PORT = 18380
 PROM_PORT = 19380
 PASSWORD = "integration-password-1"
+NETWORK = f"{PROJECT}_default"
+# Containers the fault tests create (removed by each test, and by the fixture as a fallback).
+OOM, CRASH, NO_METRICS, SLOW = (
+    f"{PROJECT}-oomtest-1",
+    f"{PROJECT}-backend-crashloop",
+    f"{PROJECT}-backend-nometrics",
+    f"{PROJECT}-backend-slow",
+)
+STRAYS = (OOM, CRASH, NO_METRICS, SLOW)
 
 
 def stack_vars(project_dir, backup_dir):
@@ -42,14 +55,31 @@ def stack(tmp_path_factory, docker_ready):
     project_dir, backup_dir = base / PROJECT, base / "backups"
     backup_dir.mkdir(mode=0o700)
     variables = stack_vars(project_dir, backup_dir)
-    result, failures = run_playbook(
-        base / "deploy-run",
-        "deploy.yml",
-        {**variables, "deploy_backend_replicas": 2, "deploy_health_timeout": 90},
-    )
-    assert result.rc == 0, failures
-    yield {"base": base, "dir": project_dir, "vars": variables}
-    compose_down(PROJECT)
+    try:
+        result, failures = run_playbook(
+            base / "deploy-run",
+            "deploy.yml",
+            {**variables, "deploy_backend_replicas": 2, "deploy_health_timeout": 90},
+        )
+        assert result.rc == 0, failures
+        # The backup metrics of a set made now, written by the backup role's own function,
+        # for the backup freshness check (backup.age).
+        metrics = base / "metrics"
+        metrics.mkdir()
+        (metrics / "opsauto_backup.prom").write_text(fresh_backup_metrics())
+        yield {"base": base, "dir": project_dir, "vars": variables, "metrics": metrics}
+    finally:
+        for name in STRAYS:
+            run(["docker", "rm", "-f", name])
+        compose_down(PROJECT)
+
+
+def fresh_backup_metrics():
+    if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
+    backup_sets = importlib.import_module("ansible.module_utils.backup_sets")
+    latest = {"created": now_utc(), "dumps": [], "verified": True}
+    return backup_sets.metrics_text(PROJECT, latest, 1)
 
 
 def now_utc():
@@ -62,8 +92,10 @@ def diagnose(stack, name, cmdline="", **extra):
     variables = {
         **stack["vars"],
         "diagnose_report_dir": str(reports),
+        "diagnose_backup_metrics_dir": str(stack["metrics"]),
         # This machine's engine is shared by parallel test runs (docker-in-docker Molecule
-        # hosts): its load says nothing about the stack under test.
+        # hosts): its load says nothing about the stack under test. The load check itself is
+        # proven by test_host_load_thresholds_force_and_clear_the_finding.
         "diagnose_load_warn_per_core": 50.0,
         "diagnose_load_fail_per_core": 100.0,
         **extra,
@@ -356,6 +388,217 @@ def test_backup_dir_nearly_full(stack):
         assert float(line.split(": ")[1].split(" %")[0]) < 5.0, line
     finally:
         run(["umount", str(backups)])
+
+
+def test_host_load_thresholds_force_and_clear_the_finding(stack):
+    """The real host's load against thresholds: 0 forces host.load, the high ones clear it."""
+    _, _, report, _ = diagnose(
+        stack, "load-low", diagnose_since=now_utc(),
+        diagnose_load_warn_per_core=0.0, diagnose_load_fail_per_core=0.0,
+    )  # fmt: skip
+    check = assert_only_root_cause(report, "host.load", "FAIL", "playbooks/scale.yml")
+    assert check["evidence"][0].startswith("loadavg ")
+    _, _, report, _ = diagnose(stack, "load-high", diagnose_since=now_utc())
+    assert {c["id"]: c["status"] for c in report["checks"]}["host.load"] == "PASS"
+
+
+def backend_image():
+    out = run(["docker", "inspect", "--format", "{{.Config.Image}}", container("backend")])
+    return out.stdout.strip()
+
+
+def start_stray(name, service, *options, command):
+    """A container of the project's label (as compose would make it) that the test owns."""
+    labels = [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]
+    argv = ["docker", "run", "-d", "--name", name, "--no-healthcheck", "--label", labels[0],
+            "--label", labels[1], *options, backend_image(), *command]  # fmt: skip
+    started = run(argv)
+    assert started.returncode == 0, started.stderr
+
+
+def wait_for(predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def inspect(name, template):
+    return run(["docker", "inspect", "--format", template, name]).stdout.strip()
+
+
+def test_container_oom_killed(stack):
+    """A container with a 16 MiB limit that allocates 200 MiB is killed by the kernel."""
+    since = now_utc()
+    try:
+        start_stray(OOM, "oomtest", "-m", "16m", "--memory-swap", "16m",
+                    command=["python3", "-c", "b = bytearray(200 * 1024 * 1024)"])  # fmt: skip
+        wait_for(lambda: inspect(OOM, "{{.State.Status}}") == "exited", f"{OOM} exited")
+        assert inspect(OOM, "{{.State.OOMKilled}}") == "true"
+        _, _, report, _ = diagnose(stack, "oom", diagnose_since=since)
+        check = assert_only_root_cause(report, "containers.oom", "FAIL", '"memory": "512m"')
+        assert check["evidence"] == [f"{OOM}: OOMKilled, memory limit 16777216"]
+        assert "playbooks/scale.yml" in check["remedy"]
+        assert findings(report)["containers.running"]["symptom_of"] == "containers.oom"
+    finally:
+        run(["docker", "rm", "-f", OOM])
+
+
+def test_backend_crash_looping(stack):
+    """A backend replica that exits at once under restart=always: its count rises."""
+    since = now_utc()
+    try:
+        start_stray(CRASH, "backend", "--restart", "always", "--network", NETWORK,
+                    command=["sh", "-c", "echo 'fatal: settings invalid' >&2; exit 3"])  # fmt: skip
+        wait_for(lambda: int(inspect(CRASH, "{{.RestartCount}}") or 0) >= 2, "two restarts")
+        _, _, report, _ = diagnose(stack, "crashloop", diagnose_since=since)
+        check = assert_only_root_cause(report, "containers.restarts", "FAIL", "rollback.yml")
+        assert check["summary"] == f"restart loop: {CRASH}"
+        assert f"docker logs --tail 50 {CRASH}" in check["remedy"]
+        assert "last exit code 3" in check["evidence"][0]
+    finally:
+        run(["docker", "rm", "-f", CRASH])
+
+
+# A stand-in backend replica: /health after a delay, /metrics or not (python3 -c SCRIPT).
+FAKE_REPLICA = (Path(__file__).parent / "diagnose_fake_replica.py").read_text()
+
+
+def target_health(ip):
+    url = f"http://127.0.0.1:{PROM_PORT}/api/v1/targets?state=active"
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        targets = json.loads(resp.read())["data"]["activeTargets"]
+    return next((x["health"] for x in targets if x["labels"]["instance"] == f"{ip}:8000"), None)
+
+
+def start_fake_replica(name, delay, metrics):
+    start_stray(name, "backend", "--network", NETWORK, "--network-alias", "backend",
+                command=["python3", "-c", FAKE_REPLICA, str(delay), metrics])  # fmt: skip
+    ip = inspect(name, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+    wait_for(lambda: target_health(ip) in ("up", "down"), f"Prometheus scraped {ip}", 60)
+    return ip
+
+
+def test_backend_metrics_unreachable_and_its_target_down(stack):
+    """A replica that answers /health but not /metrics: Prometheus's target for it is down."""
+    since = now_utc()
+    try:
+        ip = start_fake_replica(NO_METRICS, 0, "no")
+        wait_for(lambda: target_health(ip) == "down", f"target {ip} down", 30)
+        _, _, report, _ = diagnose(stack, "no-metrics", diagnose_since=since)
+        check = assert_only_root_cause(
+            report, "monitoring.backend_metrics", "FAIL", "playbooks/deploy.yml"
+        )
+        assert check["evidence"][0].startswith(f"http://{NO_METRICS}:8000/metrics: 404 ")
+        targets = findings(report)["monitoring.targets"]
+        assert targets["symptom_of"] == "monitoring.backend_metrics"
+        assert f"{ip}:8000 ({NO_METRICS}): down" in targets["evidence"][0]
+        assert "404" in targets["evidence"][0]
+    finally:
+        run(["docker", "rm", "-f", NO_METRICS])
+    wait_until_healthy()
+
+
+def test_one_slow_replica_behind_nginx(stack):
+    """A replica whose /health takes 1.2 s, routed to by nginx: p95 rises, the replica is named."""
+    since = now_utc()
+    try:
+        start_fake_replica(SLOW, 1.2, "yes")
+        reload_nginx()  # nginx resolves the backend's name again: three servers
+        _, _, report, _ = diagnose(stack, "slow", diagnose_since=since,
+                                   diagnose_latency_probes=6)  # fmt: skip
+        check = assert_only_root_cause(
+            report, "latency.health", "WARN", f"docker stats --no-stream {SLOW}"
+        )
+        assert f"one replica is slow: {SLOW} (" in check["summary"]
+    finally:
+        run(["docker", "rm", "-f", SLOW])
+        reload_nginx()
+    wait_until_healthy()
+
+
+def test_backup_older_than_the_alert_limit(stack):
+    prom = stack["metrics"] / "opsauto_backup.prom"
+    text = prom.read_text()
+    old = time.time() - 30 * 3600
+    lines = [
+        line.rsplit(" ", 1)[0] + f" {old:.0f}"
+        if line.startswith("opsauto_backup_last_success_timestamp_seconds") else line
+        for line in text.splitlines()
+    ]  # fmt: skip
+    prom.write_text("\n".join(lines) + "\n")
+    try:
+        _, _, report, _ = diagnose(stack, "backup-old", diagnose_since=now_utc())
+        check = assert_only_root_cause(report, "backup.age", "FAIL", "playbooks/backup.yml")
+        assert "the newest successful backup is 30.0 h old (limit 26 h" in check["summary"]
+    finally:
+        prom.write_text(fresh_backup_metrics())
+
+
+def test_published_port_taken_by_another_process(stack):
+    """nginx stopped, another process takes its port, nginx cannot start again."""
+    assert run(["docker", "stop", "-t", "5", container("nginx")]).returncode == 0
+    squatter = socket.socket()
+    try:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", HTTP_PORT))
+        squatter.listen(1)
+        started = run(["docker", "start", container("nginx")])
+        assert started.returncode != 0, "docker start succeeded on a taken port"
+        since = now_utc()
+        _, _, report, _ = diagnose(stack, "port-taken", diagnose_since=since)
+        check = assert_only_root_cause(report, "network.ports", "FAIL", "restart_services=nginx")
+        assert f"{container('nginx')} wants {HTTP_PORT}" in check["summary"]
+        assert f"ss -ltnp 'sport = :{HTTP_PORT}'" in check["remedy"]
+        assert "held by another process" in check["evidence"][0]
+    finally:
+        squatter.close()
+    # The remedy it names starts nginx once the port is free.
+    remedy(stack, "port-taken", "restart.yml", restart_services="nginx")
+    wait_until_healthy()
+
+
+def remediate(stack, name, finding, cmdline=""):
+    """playbooks/diagnose_remediate.yml for one finding; (runner result, failures, report)."""
+    reports = stack["base"] / f"reports-{name}"
+    variables = {**stack["vars"], "diagnose_report_dir": str(reports),
+                 "diagnose_backup_metrics_dir": str(stack["metrics"]),
+                 "diagnose_load_warn_per_core": 50.0, "diagnose_load_fail_per_core": 100.0,
+                 "diagnose_remediate_finding": finding}  # fmt: skip
+    result, failures = run_playbook(
+        stack["base"] / f"run-{name}", "diagnose_remediate.yml", variables, cmdline=cmdline
+    )
+    path = reports / "localhost.json"
+    return result, failures, json.loads(path.read_text()) if path.exists() else None
+
+
+def test_remediate_applies_one_finding_only_when_asked(stack):
+    """diagnose_remediate: --check changes nothing; the run restarts the stopped database."""
+    db = container("db")
+    assert run(["docker", "stop", "-t", "5", db]).returncode == 0
+    try:
+        result, failures, _ = remediate(stack, "fix-check", "containers.running", "--check --diff")
+        assert result.rc == 0, failures
+        assert inspect(db, "{{.State.Status}}") == "exited"  # check mode: nothing started
+        # A finding that is PASS: nothing to fix, nothing changed.
+        result, failures, _ = remediate(stack, "fix-pass", "deployment.release")
+        assert result.rc == 0, failures
+        assert result.stats["changed"].get("localhost", 0) == 0, result.stats
+        assert inspect(db, "{{.State.Status}}") == "exited"
+        # A check whose remedy is not automated is refused by the argument spec.
+        result, failures, _ = remediate(stack, "fix-refused", "host.disk")
+        assert result.rc != 0
+        assert "diagnose_remediate_finding" in " ".join(failures)
+        result, failures, report = remediate(stack, "fix-run", "containers.running")
+        assert result.rc == 0, failures
+        assert inspect(db, "{{.State.Status}}") == "running"
+        statuses = {c["id"]: c["status"] for c in report["checks"]}
+        assert statuses["containers.running"] == "PASS"  # the report of the run after the fix
+    finally:
+        run(["docker", "start", db])
+    wait_until_healthy()
 
 
 def test_stack_is_clean_again_after_the_faults(stack):
