@@ -231,22 +231,9 @@ from ansible.module_utils.incident import (
     write_bundle,
 )
 from ansible.module_utils.incident_prometheus import query_ranges
+from ansible.module_utils.incident_timeline import LOCK_TIMEOUT, load_record
 from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.urls import open_url
-
-LOCK_TIMEOUT = 30
-
-
-def load_record(path, incident_id):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise IncidentError(
-            f"no incident {incident_id} in {os.path.dirname(path)}: check the id and incident_dir"
-        ) from None
-    except ValueError as exc:
-        raise IncidentError(f"{path} is not valid JSON ({exc}): repair or restore it") from None
 
 
 def notify(module, record, event):
