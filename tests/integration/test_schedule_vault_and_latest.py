@@ -167,12 +167,16 @@ def vaulted(stack, tmp_path):
     password_file = tmp_path / "vault-pass"
     password_file.write_text("the-vault-password\n")
     password_file.chmod(0o600)
+    # The local inventory (its stack and deploy group_vars, e.g. the admin identity) with the
+    # test stack's names; only the database password differs: vaulted instead of generated.
+    local = Path(__file__).resolve().parents[2] / "inventories/local"
     inventory = tmp_path / "inventory"
     (inventory / "group_vars" / "app_servers").mkdir(parents=True)
-    (inventory / "hosts.yml").write_text(
-        (Path(__file__).resolve().parents[2] / "inventories/local/hosts.yml").read_text()
-    )
-    plain = {k: v for k, v in common.items() if k != "stack_db_password"}
+    (inventory / "hosts.yml").write_text((local / "hosts.yml").read_text())
+    plain = {}
+    for name in ("stack.yml", "deploy.yml"):
+        plain.update(yaml.safe_load((local / "group_vars/app_servers" / name).read_text()) or {})
+    plain.update({k: v for k, v in common.items() if k != "stack_db_password"})
     (inventory / "group_vars/app_servers/stack.yml").write_text(yaml.safe_dump(plain))
     (inventory / "group_vars/app_servers/vault.yml").write_text(
         encrypt_string(password_file, PASSWORD, "stack_db_password")
