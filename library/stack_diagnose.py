@@ -104,6 +104,12 @@ options:
     description: Seconds before a docker command is abandoned (a paused container hangs).
     type: int
     default: 10
+  route_alias:
+    description:
+      - The network alias nginx routes the backend's requests to (only routed replicas carry
+        it); an upstream naming it or the service is not a half-finished rollout.
+    type: str
+    default: ""
   backup_metrics_dir:
     description:
       - Directory of the backup role's node_exporter textfile metrics (its C(backup_metrics_dir)),
@@ -202,6 +208,7 @@ def main():
             "latency_probes": {"type": "int", "default": 5},
             "log_max_lines": {"type": "int", "default": 20000},
             "command_timeout": {"type": "int", "default": 10},
+            "route_alias": {"type": "str", "default": ""},
             "backup_metrics_dir": {"type": "str", "default": ""},
             "controller_time": {"type": "float"},
             "docker_cli": {"type": "str", "default": "docker"},

@@ -266,7 +266,9 @@ def check_rollout(facts, t):
     servers = upstream_servers(facts)
     if servers is None:
         return result("deployment.rollout", "SKIP", "no nginx upstream file")
-    explicit = [f"{h}:{p}" for h, p in servers if h != backend(facts)]
+    # nginx routes to the service name, or to the alias only routed replicas carry.
+    routed = {backend(facts), facts.get("route_alias") or backend(facts)}
+    explicit = [f"{h}:{p}" for h, p in servers if h not in routed]
     if explicit:
         return result(
             "deployment.rollout",

@@ -464,6 +464,7 @@ class Collector:
             "project_dir": self.p["project_dir"],
             "services": self.services,
             "backend_port": self.p["backend_port"],
+            "route_alias": self.p.get("route_alias") or "",
             "env_required": self.p["env_required"],
             "since": since,
             "restart_sample_seconds": self.p["restart_sample_seconds"],

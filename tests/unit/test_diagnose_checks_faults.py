@@ -247,3 +247,14 @@ def test_fixes_only_on_the_automatable_findings():
     facts = healthy_facts()
     facts["host"]["disks"][0]["free"] = 1
     assert "fix" not in run(facts)["host.disk"]
+
+
+def test_routing_through_the_route_alias_is_no_open_rollout():
+    facts = healthy_facts()
+    facts["route_alias"] = "backend-live"
+    facts["upstream"]["servers"] = ["backend-live:8000"]  # set $backend_route backend-live:8000
+    results = run(facts)
+    assert results["deployment.rollout"]["status"] == "PASS"
+    assert results["configuration.upstream"]["status"] == "PASS"
+    facts["upstream"]["servers"] = ["fm-backend-3:8000"]
+    assert run(facts)["deployment.rollout"]["status"] == "WARN"
