@@ -24,6 +24,10 @@ PROJECT = "opsauto-it-strict"
 HTTP_PORT = 18490
 PROM_PORT = 19490
 ROUNDS = 2  # rolling restarts in the load test
+# nginx's proxy_read_timeout, the longest request the stack allows (default 30 s); raised so a
+# request can outlive the old rollout's 2 s drain plus the 15 s stop grace period with room.
+READ_TIMEOUT = 60
+SLOW = 29  # seconds of the long request: under the old fixed 30 s read timeout
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,7 @@ def play(tmp_path, project_dir, playbook, **extravars):
         "stack_db_password": "integration-password-5",
         "deploy_backend_replicas": 2,
         "deploy_health_timeout": 90,
+        "stack_nginx_proxy_read_timeout": READ_TIMEOUT,
     }
     variables.update(extravars)
     return run_playbook(tmp_path, f"{playbook}.yml", variables)
@@ -140,9 +145,9 @@ def test_a_request_longer_than_the_old_drain_and_grace_finishes_in_a_rolling_res
     answer = {}
 
     def slow():
-        url = f"http://127.0.0.1:{HTTP_PORT}/slow?seconds=20"
+        url = f"http://127.0.0.1:{HTTP_PORT}/slow?seconds={SLOW}"
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
+            with urllib.request.urlopen(url, timeout=READ_TIMEOUT + 10) as resp:
                 answer["status"] = resp.status
         except OSError as exc:
             answer["error"] = repr(exc)
@@ -153,6 +158,6 @@ def test_a_request_longer_than_the_old_drain_and_grace_finishes_in_a_rolling_res
     result, failures = play(
         tmp_path, stack, "restart", restart_services=["backend"], restart_mode="rolling"
     )
-    thread.join(60)
+    thread.join(READ_TIMEOUT + 10)
     assert result.rc == 0, failures
     assert answer == {"status": 200}
