@@ -32,7 +32,6 @@ requirements:
 import getpass
 import os
 import socket
-import sys
 
 import ansible.module_utils
 from ansible.plugins.callback import CallbackBase
