@@ -363,7 +363,7 @@ class Collector:
         except ValueError as exc:
             facts["error"] = f"targets API returned no JSON: {exc}"
             return facts
-        facts["http_5xx"] = self.prometheus_5xx(base, max(60, int(window_seconds)))
+        facts["http_5xx"] = self.prometheus_5xx(base, max(10, int(window_seconds)))
         return facts
 
     def prometheus_5xx(self, base, seconds):
