@@ -141,9 +141,11 @@ def test_backup_refused_while_another_holds_the_lock(stack, tmp_path):
 
 
 def test_wrong_password_fails_clearly_and_leaves_no_set(stack, tmp_path):
+    # the backup connects as the admin identity (the reference stack's: postgres, no password)
     result, failures = play(
-        stack, tmp_path, "backup.yml", backup_id="it-badpw", stack_db_password="wrong-password-9"
-    )
+        stack, tmp_path, "backup.yml", backup_id="it-badpw",
+        stack_db_admin_password="wrong-password-9",
+    )  # fmt: skip
     assert result.rc != 0
     message = " ".join(failures).lower()
     assert "password" in message, failures
