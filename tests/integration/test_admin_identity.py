@@ -167,3 +167,54 @@ def test_admin_identity_with_a_password_over_tcp(stack, tmp_path):
         assert not (stack[0] / "backups" / "adm-badpw").exists()
     finally:
         psql("ALTER ROLE postgres PASSWORD NULL")
+
+
+def test_redeploy_adds_the_admin_identity_to_a_server_initialised_without_it(tmp_path):
+    # A stack first deployed with the application's role as superuser (the defaults, and
+    # every stack before the admin identity) has no postgres role: the image creates
+    # POSTGRES_USER only on an empty data directory. Deploying it with the admin identity
+    # creates the role through the socket, and backups work.
+    project = "opsauto-it-admin-legacy"
+    legacy = {
+        "stack_project_name": project,
+        "stack_project_dir": str(tmp_path / project),
+        "stack_http_port": 18281,
+        "stack_prometheus_port": 19291,
+        "stack_db_password": APP_PASSWORD,
+        "stack_db_admin_user": "app",
+        "stack_db_admin_password": APP_PASSWORD,
+        "deploy_backend_replicas": 1,
+        "deploy_health_timeout": 90,
+        "stack_backup_dir": str(tmp_path / "backups"),
+        "backup_metrics_dir": "",
+    }
+    compose_down(project)
+    try:
+        result, failures = run_playbook(tmp_path / "d1", "deploy.yml", legacy)
+        assert result.rc == 0, failures
+        admin = {**legacy, "stack_db_admin_user": "postgres", "stack_db_admin_password": ""}
+        result, failures = run_playbook(tmp_path / "d2", "deploy.yml", admin)
+        assert result.rc == 0, failures
+        warnings = " ".join(
+            str(e["event_data"]["res"].get("msg", ""))
+            for e in result.events
+            if e.get("event") == "runner_on_ok" and "res" in e.get("event_data", {})
+        )
+        assert "ALTER ROLE app NOSUPERUSER" in warnings
+        roles = run(
+            ["docker", "compose", "-p", project, "exec", "-T", "db", "psql", "-X", "-U", "postgres",
+             "-d", "appdb", "-tAc", "SELECT rolsuper FROM pg_roles WHERE rolname = 'postgres'"]
+        )  # fmt: skip
+        assert roles.stdout.strip() == "t", roles.stderr
+        result, failures = run_playbook(tmp_path / "b", "backup.yml", {**admin, "backup_id": "l-1"})
+        assert result.rc == 0, failures
+        # a second deploy finds the role and changes nothing about it
+        result, failures = run_playbook(tmp_path / "d3", "deploy.yml", admin)
+        assert result.rc == 0, failures
+        assert "ALTER ROLE app NOSUPERUSER" not in " ".join(
+            str(e["event_data"]["res"].get("msg", ""))
+            for e in result.events
+            if e.get("event") == "runner_on_ok" and "res" in e.get("event_data", {})
+        )
+    finally:
+        compose_down(project)
