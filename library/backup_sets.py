@@ -82,6 +82,14 @@ options:
     description: Keep the newest set of each of the last N months that have sets.
     type: int
     default: 6
+  space_check:
+    description:
+      - With O(state=sealed), check before the first dump that the backup directory's file
+        system has room for the run (each database's last dump size, else its
+        C(pg_database_size); a directory-format dump twice; plus 10%), and refuse with the
+        figures otherwise. See docs/backup.md.
+    type: bool
+    default: true
   keep_safety:
     description: Keep the newest N safety sets (O(purpose=safety), taken before a replace
       restore); at least 1. They do not count towards the other keep options.
@@ -351,6 +359,17 @@ selected:
   description: The set O(backup_id) (as in RV(sets), with its C(path) and C(dumps)).
   returned: when O(state=query) with O(backup_id)
   type: dict
+space:
+  description: The free space check (needed and free bytes, the backup directory and its
+    file system); null when skipped (O(space_check=false), or the set is complete already).
+  returned: when O(state=sealed)
+  type: dict
+cleaned:
+  description: What killed earlier runs of this backup directory had left and this run
+    removed (processes, server sessions, temp dirs and containers, incomplete sets).
+  returned: when O(state=sealed)
+  type: list
+  elements: str
 dumps:
   description: Per dump, its path, whether it was written (changed) and what was done.
   returned: when O(state=sealed)
@@ -452,6 +471,7 @@ def main() -> None:
             "keep_weekly": {"type": "int", "default": 4},
             "keep_monthly": {"type": "int", "default": 6},
             "keep_safety": {"type": "int", "default": 3},
+            "space_check": {"type": "bool", "default": True},
             "purpose": {"type": "str", "choices": ["scheduled", "safety"], "default": "scheduled"},
             "incomplete_max_age_hours": {"type": "float", "default": 24},
             "backup_id": {"type": "str"},

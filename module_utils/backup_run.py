@@ -19,11 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 
+from ansible.module_utils.backup_cleanup import clean_leftovers, run_names, stop_on_signals
 from ansible.module_utils.backup_retention import Policy, delete_sets, plan_retention, start_set
 from ansible.module_utils.backup_sets import (
     FAILURE_FILE,
     METRICS_FILE,
     OFFSITE_FILE,
+    SET_FILE,
     BackupSetError,
     build_set,
     failure_text,
@@ -34,10 +36,13 @@ from ansible.module_utils.backup_sets import (
     write_metric_file,
     write_set,
 )
+from ansible.module_utils.backup_space import check as check_space
+from ansible.module_utils.backup_space import database_sizes, estimate
 from ansible.module_utils.config_snapshot import Snapshot, take_snapshot
 from ansible.module_utils.ops_errors import OpsError
 from ansible.module_utils.pg_artifacts import manifest_name, read_manifest, sanitize_label
 from ansible.module_utils.pg_dump import run_backup
+from ansible.module_utils.pg_session import PgContainer
 
 CONFIG_DIR = "config"
 DUMP_OPTIONS = ("format", "jobs", "compression", "compress_level")
@@ -60,6 +65,10 @@ def dump_requests(params: dict) -> list[dict]:
         backup_id=params["backup_id"],
         encrypt_recipients=params.get("encrypt_recipients") or [],
         run_lock_held=bool(params.get("lock_held")),  # then the run lock is the only lock
+        # the run's names: its clients, temp dirs and containers are recognisable
+        app_name=params.get("app_name"),
+        temp_prefix=params.get("temp_prefix"),
+        container_label=params.get("container_label"),
     )
     requests = [
         {**common, **{key: params.get(key) for key in DUMP_OPTIONS}, "mode": "database",
@@ -79,8 +88,10 @@ def take_set(params: dict, check_mode: bool) -> dict:
     """Dump, snapshot and seal the set; on failure clean up, record it and say why."""
     set_dir = set_path(params["path"], params["backup_id"])
     existed = os.path.isdir(set_dir)
+    params = {**params, **run_names(params["path"])}
     try:
-        return _take(params, set_dir, existed, check_mode)
+        with stop_on_signals():
+            return _take(params, set_dir, existed, check_mode)
     except OpsError as exc:
         message, released = _failed(params, set_dir, existed, check_mode, str(exc))
         raise RunFailed(message, released) from None
@@ -88,6 +99,24 @@ def take_set(params: dict, check_mode: bool) -> dict:
 
 def _take(params: dict, set_dir: str, existed: bool, check_mode: bool) -> dict:
     requests = dump_requests(params)
+    cleaned = []
+    if params.get("lock_held") and not check_mode:
+        # Under the run lock no other run of this backup directory lives: what carries its
+        # names was left by a killed run (clients, sessions, temp dirs, partial sets).
+        cleaned = clean_leftovers(
+            PgContainer.from_params(params), params["path"], set_dir,
+            (params["databases"] or ["postgres"])[0],
+        )  # fmt: skip
+    space = None
+    if params.get("space_check", True) and not os.path.isfile(os.path.join(set_dir, SET_FILE)):
+        # before the first dump: refused with the figures rather than a disk filled midway
+        pg = PgContainer.from_params(params)
+        items = estimate(
+            list_sets(params["path"]), params["databases"], bool(params.get("globals")),
+            database_sizes(pg, (params["databases"] or ["postgres"])[0]),
+            params.get("format") or "custom",
+        )  # fmt: skip
+        space = check_space(params["path"], items)
     if not check_mode:
         # The start marker makes the set ours (retention deletes nothing else) and says
         # whether it is a scheduled or a safety set; a foreign directory is refused here.
@@ -104,6 +133,8 @@ def _take(params: dict, set_dir: str, existed: bool, check_mode: bool) -> dict:
         "dumps": [{"path": d["path"], "changed": d["changed"], "msg": d["msg"]} for d in dumps],
         "config_changes": [],
         "set": None,
+        "cleaned": cleaned,
+        "space": space,
     }
     if check_mode and not existed:
         # Nothing on disk to snapshot into or describe: say what the run would write.
@@ -145,6 +176,7 @@ def _take(params: dict, set_dir: str, existed: bool, check_mode: bool) -> dict:
         + f"{params['backup_id']} in {set_dir}: {files} ({_human(size)}, verified)"
         + ("" if sealed else "; it was complete already")
         + "."
+        + (f" Removed what an earlier, killed run left: {'; '.join(cleaned)}." if cleaned else "")
     )
     return result
 

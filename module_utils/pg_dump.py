@@ -39,6 +39,7 @@ from ansible.module_utils.pg_artifacts import (
     tail_has_trailer,
     utc_now,
 )
+from ansible.module_utils.pg_dump_directory import dump_directory
 from ansible.module_utils.pg_session import (
     SESSION_TIMEOUT,
     Background,
@@ -67,11 +68,29 @@ def file_lock(path, timeout):
 # --------------------------------------------------------------------------- verification
 
 
-def verify_archive(pg, path, fmt, mode="database", compression="none"):
+def temp_dir(pg, prefix=None):
+    """A new temp dir in the container: ``<prefix>XXXXXXXX`` (a backup run's names), or
+    PgContainer's own."""
+    if not prefix:
+        return pg.make_temp_dir()
+    return pg.run(["mktemp", "-d", f"{prefix}XXXXXXXX"], context=" (mktemp)").decode().strip()
+
+
+def remove_temp(pg, path, prefix=None):
+    if prefix and path and path.startswith(prefix):
+        with contextlib.suppress(PgError):
+            pg.run(["rm", "-rf", "--", path], timeout=300)
+    else:
+        pg.remove_temp_dir(path)
+
+
+def verify_archive(pg, path, fmt, mode="database", compression="none", temp_prefix=None):
     """Check that a dump file is readable; return a description of the check.
 
     custom: ``pg_restore --list`` reading the file from stdin in the container;
-    directory (tar): unpacked into a container temp dir, then ``pg_restore --list``;
+    directory (tar): the whole tar read by ``tar -x`` in the container, which writes only
+    ``toc.dat`` (all ``pg_restore --list`` reads) into a temp dir, then ``pg_restore
+    --list``: the data files are never staged in the container's writable layer;
     plain: the completion trailer at the end of the (decompressed) content.
     Raises CorruptBackupError.
     """
@@ -83,14 +102,20 @@ def verify_archive(pg, path, fmt, mode="database", compression="none"):
                 pg.run(["pg_restore", "--list"], stdin=handle, timeout=SESSION_TIMEOUT)
             return "pg_restore --list (custom archive read from stdin in the container)"
         if fmt == "directory":
-            tmp = pg.make_temp_dir()
+            tmp = temp_dir(pg, temp_prefix)
             try:
                 with open(path, "rb") as handle:
-                    pg.run(["tar", "-x", "-C", tmp], stdin=handle, timeout=SESSION_TIMEOUT)
+                    pg.run(
+                        ["tar", "-x", "-C", tmp, "./toc.dat"], stdin=handle,
+                        timeout=SESSION_TIMEOUT,
+                    )  # fmt: skip
                 pg.run(["pg_restore", "--list", tmp], timeout=SESSION_TIMEOUT)
             finally:
-                pg.remove_temp_dir(tmp)
-            return "pg_restore --list (directory archive unpacked in a container temp dir)"
+                remove_temp(pg, tmp, temp_prefix)
+            return (
+                "pg_restore --list (the directory archive's tar read whole in the container, "
+                "its table of contents unpacked in a container temp dir)"
+            )
     except CommandError as exc:
         raise CorruptBackupError(
             f"{path} is not a readable {fmt} archive: {exc.stderr or exc}"
@@ -161,6 +186,8 @@ def backup_plan(params):
         "name": name,
         "path": os.path.join(directory, name),
         "manifest_path": os.path.join(directory, manifest_name(label)),
+        "temp_prefix": params.get("temp_prefix"),
+        "label_filter": params.get("container_label"),
     }
 
 
@@ -208,7 +235,10 @@ def check_existing(pg, plan):
     if encryption:
         return manifest  # no identity here: the ciphertext's sha256 is what can be checked
     try:
-        verify_archive(pg, path, manifest["format"], manifest["mode"], manifest.get("compression"))
+        verify_archive(
+            pg, path, manifest["format"], manifest["mode"], manifest.get("compression"),
+            plan["temp_prefix"],
+        )  # fmt: skip
     except CorruptBackupError as exc:
         raise CorruptBackupError(
             f"existing backup {path} matches its manifest but does not verify ({exc}); it was "
@@ -249,7 +279,7 @@ def _dump_to(pg, plan, partial, snapshot):
       they are all it reads); encrypted, to ``pg_restore -f /dev/null``, which reads and
       decompresses every block and writes nothing (no identity is at hand to read the
       file back);
-    * directory: see :func:`_dump_directory`;
+    * directory: staged on the host, see pg_dump_directory.py;
     * plain: the completion trailer of the file afterwards; encrypted, the trailer at the
       end of the plaintext stream.
     """
@@ -259,7 +289,10 @@ def _dump_to(pg, plan, partial, snapshot):
     )
     try:
         if fmt == "directory":
-            stream, method = _dump_directory(pg, plan, partial, snapshot, context)
+            stream, method = dump_directory(
+                pg, plan, partial, lambda target: _dump_command(pg, plan, snapshot, target),
+                context,
+            )  # fmt: skip
         else:
             check, method = None, None
             if fmt == "custom" and encrypted:
@@ -287,36 +320,6 @@ def _dump_to(pg, plan, partial, snapshot):
             pg.explain(exc.stderr, exc.returncode, context), exc.returncode
         ) from None
     require_readable_stream(stream, plan)
-    return stream, method
-
-
-def _dump_directory(pg, plan, partial, snapshot, context):
-    """pg_dump -Fd into a container temp dir, streamed into ``partial`` as a tar.
-
-    Encrypted, the directory is listed with ``pg_restore --list`` before it is streamed
-    and the tar stream is checked by ``tar -t`` (the file cannot be read back without the
-    identity); unencrypted, the file is checked afterwards.
-    """
-    tmp = pg.make_temp_dir()
-    try:
-        pg.run(_dump_command(pg, plan, snapshot, f"{tmp}/dump"), timeout=None, context=context)
-        check, method = None, None
-        if plan["recipients"]:
-            try:
-                pg.run(["pg_restore", "--list", f"{tmp}/dump"], timeout=SESSION_TIMEOUT)
-            except CommandError as exc:
-                raise CorruptBackupError(
-                    f"the directory dump is not a readable archive: {exc.stderr or exc}"
-                ) from None
-            check = pg.exec_argv(["tar", "-t", "-f", "-"], interactive=True)
-            method = (
-                "pg_restore --list (directory archive in the container) and tar -t of the "
-                "plaintext stream while it was encrypted"
-            )
-        argv = pg.exec_argv(["tar", "-C", f"{tmp}/dump", "-cf", "-", "."])
-        stream = stream_to_file(argv, partial, pg.env(), "none", plan["recipients"], check)
-    finally:
-        pg.remove_temp_dir(tmp)
     return stream, method
 
 
@@ -466,6 +469,8 @@ def _existing_message(plan, manifest):
 def _run_backup(params, check_mode):
     plan = backup_plan(params)
     pg = PgContainer.from_params(params)
+    if params.get("app_name"):  # a backup run's name: its clients are recognisable
+        pg.app_name = params["app_name"]
     what = f"database {plan['database']}" if plan["mode"] == "database" else f"the {plan['mode']}"
     result = {
         "changed": False,
@@ -540,8 +545,9 @@ def _backup_locked(pg, plan, params, info, session):
                 timings = {"dump_seconds": round(time.monotonic() - started, 3)}
                 begun = time.monotonic()
                 method = dump.method or verify_archive(
-                    pg, partial, plan["format"], plan["mode"], plan["compression"]
-                )
+                    pg, partial, plan["format"], plan["mode"], plan["compression"],
+                    plan["temp_prefix"],
+                )  # fmt: skip
                 timings["verify_seconds"] = round(time.monotonic() - begun, 3)
                 manifest = _backup_manifest(pg, plan, info, dump, method, timings, started)
                 write_json_atomic(plan["manifest_path"], manifest)

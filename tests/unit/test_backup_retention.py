@@ -164,7 +164,7 @@ def test_start_set_writes_a_private_marker_once_and_refuses_a_foreign_directory(
 
 def test_a_run_into_a_foreign_directory_is_refused_and_leaves_it(tmp_path, monkeypatch):
     monkeypatch.setattr(backup_run, "run_backup", FakeDumps())
-    params = run_params(tmp_path, lock_held=False, metrics_dir="")
+    params = run_params(tmp_path, lock_held=False, metrics_dir="", space_check=False)
     foreign = Path(params["path"]) / "s1"
     foreign.mkdir(parents=True)
     (foreign / "todo.txt").write_text("keep me")
@@ -175,7 +175,9 @@ def test_a_run_into_a_foreign_directory_is_refused_and_leaves_it(tmp_path, monke
 
 def test_a_run_marks_its_set_with_its_purpose(tmp_path, monkeypatch):
     monkeypatch.setattr(backup_run, "run_backup", FakeDumps())
-    params = run_params(tmp_path, lock_held=False, metrics_dir="", purpose="safety")
+    params = run_params(
+        tmp_path, lock_held=False, metrics_dir="", purpose="safety", space_check=False
+    )
     backup_run.take_set(params, False)
     assert read_marker(str(Path(params["path"]) / "s1"))["purpose"] == "safety"
 

@@ -330,6 +330,18 @@ class FakeDumps:
         return {"changed": True, "path": str(path), "msg": "dumped"}
 
 
+@pytest.fixture(autouse=True)
+def no_container_cleanup(monkeypatch):
+    """The leftovers' cleanup needs a container (tests/integration/test_backup_safety.py);
+    here it records its calls."""
+    calls = []
+    monkeypatch.setattr(backup_run, "clean_leftovers", lambda *args: calls.append(args) or [])
+    monkeypatch.setattr(
+        backup_run, "database_sizes", lambda pg, db: lambda names: dict.fromkeys(names, 4096)
+    )
+    return calls
+
+
 def run_params(tmp_path: Path, **extra) -> dict:
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
@@ -347,7 +359,9 @@ def run_params(tmp_path: Path, **extra) -> dict:
     }  # fmt: skip
 
 
-def test_a_run_dumps_snapshots_seals_prunes_writes_metrics_and_releases(tmp_path, monkeypatch):
+def test_a_run_dumps_snapshots_seals_prunes_writes_metrics_and_releases(
+    tmp_path, monkeypatch, no_container_cleanup
+):
     fake = FakeDumps()
     monkeypatch.setattr(backup_run, "run_backup", fake)
     params = run_params(tmp_path)
@@ -355,6 +369,11 @@ def test_a_run_dumps_snapshots_seals_prunes_writes_metrics_and_releases(tmp_path
     result = backup_run.finish(params, False, backup_run.take_set(params, False))
     assert [r["mode"] for r in fake.requests] == ["database", "globals"]
     assert all(r["run_lock_held"] for r in fake.requests)  # the run lock is the only lock
+    # under the run lock the leftovers of killed runs are cleaned first, and every client
+    # of the run carries the run's name
+    assert [c[1:] for c in no_container_cleanup] == [(params["path"], opened["set_dir"], "appdb")]
+    assert len({r["app_name"] for r in fake.requests}) == 1
+    assert fake.requests[0]["app_name"].startswith("opsauto-backup-")
     meta = json.loads((Path(opened["set_dir"]) / SET_FILE).read_text())
     assert meta == result["set"]
     assert [d["file"] for d in meta["dumps"]] == ["appdb.dump", "globals.dump"]

@@ -1,0 +1,119 @@
+"""Directory-format dumps (``pg_dump -Fd -j N``) staged on the host, never in the container.
+
+pg_dump -Fd writes a directory, not a stream, so the dump has to land somewhere before it
+becomes the set's one tar file. Staged in the database container (its writable layer,
+``/tmp``), a large dump fills the file system that the server's container lives on. Here
+pg_dump runs in a throwaway container of the database container's own image (the same
+pg_dump), sharing its network namespace (``--network container:<db>``; without a password,
+the server's socket directory is mounted from the database container's root), and writes
+into a staging directory in the set's directory on the host (``.stage-<label>-XXXX``,
+0700), bind-mounted. The staged directory is then read by ``pg_restore --list`` (another
+throwaway container, no network, read-only mount) and streamed by the host's ``tar``
+through the same pipeline as every dump (optional age encryption), the stream checked by
+``tar -t`` while it is written. The staging directory is removed in every case.
+
+The throwaway containers carry the run's label (``opsauto.backup=<tag>``) and its
+application_name, so a killed run's container is found and removed by the next run
+(backup_cleanup.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
+from ansible.module_utils.pg_session import SOCKET_DIR
+from ansible.module_utils.pipelines import find_binary, stream_to_file
+
+STAGE_MOUNT = "/stage"
+ADHOC_LABEL = "opsauto.backup=adhoc"
+METHOD = (
+    "pg_restore --list of the directory archive staged on the host (in a throwaway "
+    "container of the database image) and tar -t of the tar stream while it was written"
+)
+
+
+def container_facts(pg) -> tuple[str, int]:
+    """(image id, main pid) of the database container."""
+    argv = [pg.docker_cli, "inspect", "--format", "{{.Image}} {{.State.Pid}}", pg.container]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise PgError(pg.explain(proc.stderr, proc.returncode))
+    image, pid = proc.stdout.split()
+    return image, int(pid)
+
+
+def throwaway_argv(pg, plan, stage, command, network=True):
+    """``docker run`` of ``command`` in a throwaway container of the database image with the
+    staging directory at /stage (read-only unless it is the dump)."""
+    image, pid = container_facts(pg)
+    name = f"{pg.app_name}-{uuid.uuid4().hex[:6]}"
+    argv = [pg.docker_cli, "run", "--rm", "--name", name]
+    argv += ["--label", plan.get("label_filter") or ADHOC_LABEL]
+    # the module's user owns the staging directory and what is written into it
+    argv += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    argv += ["-e", f"PGAPPNAME={pg.app_name}", "--entrypoint", command[0]]
+    if network:
+        argv += ["--network", f"container:{pg.container}"]
+        if pg.login_password:
+            argv += ["-e", "PGPASSWORD"]
+        else:  # the clients use the server's socket: the directory it lives in
+            argv += ["-v", f"/proc/{pid}/root{SOCKET_DIR}:{SOCKET_DIR}"]
+        argv += ["-v", f"{stage}:{STAGE_MOUNT}"]
+    else:
+        argv += ["--network", "none", "-v", f"{stage}:{STAGE_MOUNT}:ro"]
+    return argv + [image, *command[1:]]
+
+
+def _run(pg, argv, context, timeout=None):
+    """Run a throwaway container; if this process is stopped meanwhile (timeout, signal),
+    the container is removed too (killing the docker client alone would leave it running)."""
+    name = argv[argv.index("--name") + 1]
+    try:
+        proc = subprocess.run(argv, capture_output=True, env=pg.env(), timeout=timeout, check=False)
+    except BaseException as exc:
+        subprocess.run(
+            [pg.docker_cli, "rm", "-f", name], capture_output=True, timeout=120, check=False
+        )
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise PgError(f"{argv[-1]} did not finish within {timeout:g}s{context}") from None
+        raise
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", errors="replace").strip()
+        raise CommandError(pg.explain(stderr, proc.returncode, context), proc.returncode, stderr)
+    return proc.stdout
+
+
+def dump_directory(pg, plan, partial, dump_command, context):
+    """Dump into a host staging directory, check it, stream it as a tar into ``partial``.
+
+    ``dump_command(target_dir)`` is the pg_dump argv writing to ``target_dir``. Returns
+    ``(StreamResult, method)``.
+    """
+    stage = tempfile.mkdtemp(prefix=f".stage-{plan['label']}-", dir=plan["directory"])
+    target = f"{STAGE_MOUNT}/dump"
+    try:
+        _run(pg, throwaway_argv(pg, plan, stage, dump_command(target)), context)
+        try:
+            _run(
+                pg, throwaway_argv(pg, plan, stage, ["pg_restore", "--list", target], False),
+                " while listing the directory dump", timeout=1800,
+            )  # fmt: skip
+        except CommandError as exc:
+            raise CorruptBackupError(
+                f"the directory dump is not a readable archive: {exc.stderr or exc}"
+            ) from None
+        tar = find_binary("tar")
+        argv = [tar, "-C", os.path.join(stage, "dump"), "-cf", "-", "."]
+        stream = stream_to_file(
+            argv, partial, pg.env(), "none", plan["recipients"], [tar, "-t", "-f", "-"]
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stage)
+    return stream, METHOD
