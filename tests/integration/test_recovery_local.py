@@ -167,7 +167,9 @@ def changed_tasks(result) -> list[str]:
 
 
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, restored_instance):
+    """The test's compose project; removed before the restored instance's network (which
+    its backend containers join)."""
     name = unique_name("opsauto-it-rec")
     yield name, tmp_path / name
     compose_down(name)
