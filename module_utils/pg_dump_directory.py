@@ -4,8 +4,8 @@ pg_dump -Fd writes a directory, not a stream, so the dump has to land somewhere 
 becomes the set's one tar file. Staged in the database container (its writable layer,
 ``/tmp``), a large dump fills the file system that the server's container lives on. Here
 pg_dump runs in a throwaway container of the database container's own image (the same
-pg_dump), sharing its network namespace (``--network container:<db>``; without a password,
-the server's socket directory is mounted from the database container's root), and writes
+pg_dump), sharing its network namespace (``--network container:<db>``, with the password;
+without one, see :func:`dump_in_container`), and writes
 into a staging directory in the set's directory on the host (``.stage-<label>-XXXX``,
 0700), bind-mounted. The staged directory is then read by ``pg_restore --list`` (another
 throwaway container, no network, read-only mount) and streamed by the host's ``tar``
@@ -27,7 +27,6 @@ import tempfile
 import uuid
 
 from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
-from ansible.module_utils.pg_session import SOCKET_DIR
 from ansible.module_utils.pipelines import find_binary, stream_to_file
 
 STAGE_MOUNT = "/stage"
@@ -38,20 +37,19 @@ METHOD = (
 )
 
 
-def container_facts(pg) -> tuple[str, int]:
-    """(image id, main pid) of the database container."""
-    argv = [pg.docker_cli, "inspect", "--format", "{{.Image}} {{.State.Pid}}", pg.container]
+def container_image(pg) -> str:
+    """The image id of the database container."""
+    argv = [pg.docker_cli, "inspect", "--format", "{{.Image}}", pg.container]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise PgError(pg.explain(proc.stderr, proc.returncode))
-    image, pid = proc.stdout.split()
-    return image, int(pid)
+    return proc.stdout.strip()
 
 
 def throwaway_argv(pg, plan, stage, command, network=True):
     """``docker run`` of ``command`` in a throwaway container of the database image with the
     staging directory at /stage (read-only unless it is the dump)."""
-    image, pid = container_facts(pg)
+    image = container_image(pg)
     name = f"{pg.app_name}-{uuid.uuid4().hex[:6]}"
     argv = [pg.docker_cli, "run", "--rm", "--name", name]
     argv += ["--label", plan.get("label_filter") or ADHOC_LABEL]
@@ -60,10 +58,7 @@ def throwaway_argv(pg, plan, stage, command, network=True):
     argv += ["-e", f"PGAPPNAME={pg.app_name}", "--entrypoint", command[0]]
     if network:
         argv += ["--network", f"container:{pg.container}"]
-        if pg.login_password:
-            argv += ["-e", "PGPASSWORD"]
-        else:  # the clients use the server's socket: the directory it lives in
-            argv += ["-v", f"/proc/{pid}/root{SOCKET_DIR}:{SOCKET_DIR}"]
+        argv += ["-e", "PGPASSWORD"]  # only used with a password (see dump_directory)
         argv += ["-v", f"{stage}:{STAGE_MOUNT}"]
     else:
         argv += ["--network", "none", "-v", f"{stage}:{STAGE_MOUNT}:ro"]
@@ -93,8 +88,13 @@ def dump_directory(pg, plan, partial, dump_command, context):
     """Dump into a host staging directory, check it, stream it as a tar into ``partial``.
 
     ``dump_command(target_dir)`` is the pg_dump argv writing to ``target_dir``. Returns
-    ``(StreamResult, method)``.
+    ``(StreamResult, method)``. Without a password (the clients use the server's socket)
+    the throwaway container could not reach the socket: a directory cannot be bind-mounted
+    from another container's mount namespace. Then the dump is staged in the database
+    container as before (:func:`dump_in_container`); docs/backup.md says so.
     """
+    if not pg.login_password:
+        return dump_in_container(pg, plan, partial, dump_command, context)
     stage = tempfile.mkdtemp(prefix=f".stage-{plan['label']}-", dir=plan["directory"])
     target = f"{STAGE_MOUNT}/dump"
     try:
@@ -117,3 +117,35 @@ def dump_directory(pg, plan, partial, dump_command, context):
         with contextlib.suppress(OSError):
             shutil.rmtree(stage)
     return stream, METHOD
+
+
+IN_CONTAINER_METHOD = (
+    "pg_restore --list of the directory archive staged in the database container (socket "
+    "mode) and tar -t of the tar stream while it was written"
+)
+
+
+def dump_in_container(pg, plan, partial, dump_command, context):
+    """Socket mode: pg_dump -Fd into a temp dir of the database container (named with the
+    run's prefix, so a killed run's directory is found by the next run), listed with
+    ``pg_restore --list``, streamed by the container's tar and checked by ``tar -t``."""
+    prefix = plan.get("temp_prefix")
+    if prefix:
+        tmp = pg.run(["mktemp", "-d", f"{prefix}XXXXXXXX"], context=" (mktemp)").decode().strip()
+    else:
+        tmp = pg.make_temp_dir()
+    try:
+        pg.run(dump_command(f"{tmp}/dump"), timeout=None, context=context)
+        try:
+            pg.run(["pg_restore", "--list", f"{tmp}/dump"], timeout=1800)
+        except CommandError as exc:
+            raise CorruptBackupError(
+                f"the directory dump is not a readable archive: {exc.stderr or exc}"
+            ) from None
+        argv = pg.exec_argv(["tar", "-C", f"{tmp}/dump", "-cf", "-", "."])
+        check = pg.exec_argv(["tar", "-t", "-f", "-"], interactive=True)
+        stream = stream_to_file(argv, partial, pg.env(), "none", plan["recipients"], check)
+    finally:
+        with contextlib.suppress(PgError):
+            pg.run(["rm", "-rf", "--", tmp], timeout=300)
+    return stream, IN_CONTAINER_METHOD
