@@ -17,7 +17,8 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # on two cores. (pytest-xdist's loadgroup did not keep related tests on one worker here.)
 OTHER=(tests/lint tests/unit tests/integration/test_s3_transfer.py
        tests/integration/test_rds_snapshot.py tests/integration/test_aws_runbooks.py
-       tests/integration/test_backup_rds.py tests/integration/test_incident_timeline.py)
+       tests/integration/test_backup_rds.py tests/integration/test_incident_timeline.py
+       tests/integration/test_aws_faults.py tests/integration/test_dr_failback.py)
 MOLECULE=(tests/molecule)
 IGNORE=()
 for path in "${OTHER[@]}" "${MOLECULE[@]}"; do IGNORE+=("--ignore=$path"); done
