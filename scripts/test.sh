@@ -7,40 +7,32 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
 export PATH="$ROOT/.venv/bin:$PATH"
-# Three pytest processes side by side; they share nothing but the machine:
-# - engine: the integration tests on the local Docker engine, one after another (they share
-#   the engine's 127.0.0.1 ports and compose projects); its output is shown as it comes;
-# - molecule: every Molecule scenario, each on its own docker-in-docker host (no published
-#   ports, own volumes), so they do not touch the engine tests' projects;
+# Two pytest processes side by side; they share nothing but the machine:
+# - engine: the integration tests on the local engine, then every Molecule scenario, one
+#   after another (they share the engine's 127.0.0.1 ports and compose projects, and
+#   the fault tests judge latency and load, which a Molecule load generator running beside
+#   them would disturb); its output is shown as it comes;
 # - other: lint, unit tests and the AWS tests against the local moto server.
-# Most of each run is waiting (health checks, dockerd start-up), so the three overlap well
-# on two cores. (pytest-xdist's loadgroup did not keep related tests on one worker here.)
+# (pytest-xdist's loadgroup did not keep related tests on one worker here.)
 OTHER=(tests/lint tests/unit tests/integration/test_s3_transfer.py
        tests/integration/test_rds_snapshot.py tests/integration/test_aws_runbooks.py
        tests/integration/test_backup_rds.py tests/integration/test_incident_timeline.py
        tests/integration/test_aws_faults.py tests/integration/test_dr_failback.py)
-MOLECULE=(tests/molecule)
 IGNORE=()
-for path in "${OTHER[@]}" "${MOLECULE[@]}"; do IGNORE+=("--ignore=$path"); done
+for path in "${OTHER[@]}"; do IGNORE+=("--ignore=$path"); done
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
 PYTEST=(pytest -p no:cacheprovider -ra --durations=15)
 "${PYTEST[@]}" "${OTHER[@]}" "$@" >"$LOGS/other" 2>&1 &
 other=$!
-"${PYTEST[@]}" "${MOLECULE[@]}" "$@" >"$LOGS/molecule" 2>&1 &
-molecule=$!
 engine_status=0
 "${PYTEST[@]}" tests "${IGNORE[@]}" "$@" 2>&1 | tee "$LOGS/engine" || engine_status=$?
 other_status=0
 wait "$other" || other_status=$?
-molecule_status=0
-wait "$molecule" || molecule_status=$?
-echo "---- Molecule scenarios (ran alongside the tests above) ----"
-cat "$LOGS/molecule"
 echo "---- tests without the Docker engine (ran alongside the tests above) ----"
 cat "$LOGS/other"
-# One closing line for the three runs (exit 5 = nothing selected, e.g. -k matching one side).
-python3 - "$LOGS/engine" "$LOGS/molecule" "$LOGS/other" <<'PY'
+# One closing line for both runs (exit 5 = nothing selected, e.g. -k matching one side).
+python3 - "$LOGS/engine" "$LOGS/other" <<'PY'
 import re, sys
 
 totals = {}
@@ -53,7 +45,7 @@ order = ["passed", "failed", "errors", "skipped", "xfailed", "xpassed"]
 print("== " + ", ".join(f"{totals.get(w, 0)} {w}" for w in order if w in totals or w in ("passed", "failed")) + " ==")
 PY
 status=0
-for s in "$engine_status" "$molecule_status" "$other_status"; do
+for s in "$engine_status" "$other_status"; do
   if [ "$s" != 0 ] && [ "$s" != 5 ]; then status=$s; fi
 done
 exit "$status"
