@@ -403,7 +403,11 @@ def test_host_load_thresholds_force_and_clear_the_finding(stack):
 
 
 def backend_image():
-    out = run(["docker", "inspect", "--format", "{{.Config.Image}}", container("backend")])
+    """The image of a running backend replica (the earlier faults may have replaced
+    replica 1: a remediation's restart or a rollout names them anew)."""
+    names = backend_names()
+    assert names, "no backend replica runs"
+    out = run(["docker", "inspect", "--format", "{{.Config.Image}}", names[0]])
     return out.stdout.strip()
 
 
