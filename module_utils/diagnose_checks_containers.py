@@ -98,6 +98,16 @@ def check_healthy(facts, t):
     )
 
 
+def last_exit(c):
+    """The code it last died with: from the daemon's events when the collector read them, else
+    from `docker inspect`, which only holds it while the container is not running."""
+    if c.get("last_exit_code") is not None:
+        return f"last exit code {c['last_exit_code']}"
+    if c["state"] != "running":
+        return f"last exit code {c['exit_code']}"
+    return "last exit code not seen (running at both reads; docker logs shows why it exits)"
+
+
 def check_restarts(facts, t):
     cs = facts["containers"]
     if not cs:
@@ -120,7 +130,7 @@ def check_restarts(facts, t):
             if c.get("restart_count_later") not in (None, c["restart_count"])
             else ""
         )
-        + f", last exit code {c['exit_code']}, started {c['started_at']}"
+        + f", {last_exit(c)}, started {c['started_at']}"
         for c in looping + many
     ]
     if looping:

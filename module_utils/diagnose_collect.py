@@ -216,6 +216,27 @@ class Collector:
                 counts[name] = int(count)
         return counts
 
+    def exit_codes(self, names, window_from):
+        """The last exit code of each named container from its `die` events in the window.
+
+        A container that restarted and runs again reads ExitCode 0 in `docker inspect`, so
+        the code it died with is only in the daemon's events.
+        """
+        if not names:
+            return {}
+        filters = [x for name in names for x in ("--filter", f"container={name}")]
+        rc, out, _ = self.docker_cmd(
+            "events", "--since", str(int(window_from)), "--until", str(int(time.time()) + 1),
+            "--filter", "event=die", *filters,
+            "--format", "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+        )  # fmt: skip
+        codes = {}
+        for line in out.splitlines() if rc == 0 else []:
+            name, _, code = line.strip().rpartition(" ")
+            if code.lstrip("-").isdigit():
+                codes[name] = int(code)
+        return codes
+
     def first_running(self, containers, service):
         return next(
             (c for c in containers if c["service"] == service and c["state"] == "running"), None
@@ -516,5 +537,14 @@ class Collector:
         for c in containers:
             c["restart_count_later"] = later.get(c["name"], c["restart_count"])
             c.pop("cmd", None)
+        restarted = [
+            c["name"]
+            for c in containers
+            if c["state"] == "restarting" or c["restart_count_later"] > c["restart_count"]
+        ]
+        by_name = {c["name"]: c for c in containers}
+        for name, code in self.exit_codes(restarted, window_from).items():
+            if name in by_name:
+                by_name[name]["last_exit_code"] = code
         facts["collect_seconds"] = round(self.clock() - started, 2)
         return facts

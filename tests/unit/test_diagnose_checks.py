@@ -262,8 +262,19 @@ def test_rising_restart_count_is_a_restart_loop():
 
 def test_restarting_state_is_a_restart_loop():
     facts = healthy_facts()
-    facts["containers"][1].update(state="restarting", restart_count=2, restart_count_later=2)
-    assert run(facts)["containers.restarts"]["status"] == "FAIL"
+    facts["containers"][1].update(state="restarting", restart_count=2, restart_count_later=2,
+                                  exit_code=3)  # fmt: skip
+    r = run(facts)["containers.restarts"]
+    assert r["status"] == "FAIL"
+    assert "last exit code 3" in r["evidence"][0]
+
+
+def test_a_running_loop_without_its_die_event_does_not_claim_exit_code_0():
+    facts = healthy_facts()
+    facts["containers"][1].update(restart_count=4, restart_count_later=6, exit_code=0)
+    r = run(facts)["containers.restarts"]
+    assert "last exit code 0" not in r["evidence"][0]
+    assert "last exit code not seen" in r["evidence"][0]
 
 
 def test_many_recent_restarts_warn_old_ones_do_not():

@@ -191,6 +191,12 @@ class FakeDocker:
                                                "nginx": {}}}), ""  # fmt: skip
         if args[0] == "images":
             return 0, "img/db:latest\n", ""
+        if args[0] == "events":
+            return (
+                0,
+                "p-backend-1 1\np-backend-1 3\n",
+                "",
+            )  # the daemon's `die` events, oldest first
         raise AssertionError(f"unexpected command {argv}")
 
 
@@ -284,11 +290,25 @@ def test_collection_of_a_healthy_project_evaluates_clean():
 
 
 def test_a_rising_restart_count_is_seen_between_the_two_reads():
-    facts, _ = collect(FakeDocker(restart_later=3))
+    docker = FakeDocker(restart_later=3)
+    facts, _ = collect(docker)
     backend = next(c for c in facts["containers"] if c["service"] == "backend")
     assert (backend["restart_count"], backend["restart_count_later"]) == (0, 3)
     results = {r["id"]: r for r in dc.evaluate(facts)}
     assert results["containers.restarts"]["status"] == "FAIL"
+    # A running container's inspect reads exit code 0: the code comes from its last `die` event.
+    assert backend["last_exit_code"] == 3
+    assert "last exit code 3" in results["containers.restarts"]["evidence"][0]
+    events = [a for a in docker.calls if a[1] == "events"]
+    assert len(events) == 1
+    assert "container=p-backend-1" in events[0]
+    assert "container=p-db-1" not in events[0]
+
+
+def test_no_events_read_when_nothing_restarted():
+    docker = FakeDocker()
+    collect(docker)
+    assert not [a for a in docker.calls if a[1] == "events"]
 
 
 def test_no_latency_probes_when_health_fails():
