@@ -142,7 +142,7 @@ def test_a_failed_health_check_puts_the_old_type_back(tmp_path, stack, instance,
                             stack_health_path="/no-such-health")  # fmt: skip
     assert result.rc != 0
     message = " ".join(failures)
-    assert "Health check through nginx" in message, failures
+    assert "answers through nginx on /no-such-health" in message, failures  # the failed step
     assert "Putting t3.micro back and starting the stack failed too" in message, failures
     assert described(ec2, instance_id) == ("t3.micro", "running")
     assert health() == 200  # the stack itself runs again
