@@ -129,6 +129,11 @@ options:
     description: Set by the action plugin - the token of a lock whose controller process has
       ended; that lock is broken as stale.
     type: str
+  force_break:
+    description: With O(state=locked), the token of a run lock to break although its holder may
+      be alive (a run on another controller that crashed); a refused run prints it. Breaks that
+      lock only, with a warning.
+    type: str
   lock_held:
     description: This run holds the run lock (RV(locked) of O(state=locked)); the module
       releases it when the run ends here (see above).
@@ -433,6 +438,7 @@ def run(module: AnsibleModule) -> dict:
             module.check_mode,
             controller=params["controller"],
             break_token=params["break_token"],
+            forced_token=params["force_break"],
         )
         for note in result["broken"]:
             module.warn(note[0].upper() + note[1:] + ".")
@@ -479,6 +485,7 @@ def main() -> None:
             "lock_held": {"type": "bool", "default": False},
             "controller": {"type": "dict"},
             "break_token": {"type": "str", "no_log": False},
+            "force_break": {"type": "str", "no_log": False},
             "databases": {"type": "list", "elements": "str", "default": []},
             "globals": {"type": "bool", "default": True},
             "format": {

@@ -62,6 +62,13 @@ options:
     description: Set by the action plugin - the token of a holder whose controller process has
       ended; that lock is broken as stale.
     type: str
+  force_break:
+    description:
+      - The token of a lock to break although its holder may be alive - for a holder on another
+        controller that crashed, which cannot be declared dead from here. A refused run prints
+        the token. Breaks that lock only; a lock taken since (another token) still refuses.
+        Broken with a warning naming the holder.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -136,7 +143,13 @@ def run(module: AnsibleModule) -> dict:
             )
         return dict(result, changed=False)
     holder = new_holder(params["operation"], params["controller"] or {})
-    result = acquire(params["path"], holder, params["break_token"], module.check_mode)
+    result = acquire(
+        params["path"],
+        holder,
+        params["break_token"],
+        module.check_mode,
+        forced_token=params["force_break"],
+    )
     for note in result["broken"]:
         module.warn(note[0].upper() + note[1:] + ".")
     if result.get("held_by"):
@@ -157,6 +170,7 @@ def main() -> None:
             "wait_timeout": {"type": "int", "default": 0},
             "controller": {"type": "dict"},
             "break_token": {"type": "str", "no_log": False},
+            "force_break": {"type": "str", "no_log": False},
         },
         supports_check_mode=True,
     )

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ansible.module_utils.fileops import ensure_directory, write_bytes_atomic, write_json_atomic
-from ansible.module_utils.op_lock import LockHeld, acquire, describe, new_holder, release
+from ansible.module_utils.op_lock import (
+    LockHeld,
+    acquire,
+    describe,
+    force_hint,
+    new_holder,
+    release,
+)
 from ansible.module_utils.ops_errors import FileOpsError, OpsError
 from ansible.module_utils.pg_artifacts import check_name
 
@@ -283,6 +290,7 @@ def open_run(
     now: float | None = None,
     controller: dict | None = None,
     break_token: str | None = None,
+    forced_token: str | None = None,
 ) -> dict:
     """Start a backup run: the backup directory (0700), the run lock, the set's directory
     (``set_dir``) and whether it exists already.
@@ -290,8 +298,9 @@ def open_run(
     The lock is the run lock of module_utils/op_lock.py (a directory with its holder record,
     published in one rename: of two runs at once exactly one gets it), taken for
     ``controller`` (host, pid, pid_start; filled in by the action plugin). A stale lock (no
-    record, the host rebooted, or ``break_token``: its controller process has ended) is
-    broken and reported in ``broken``; a live holder raises LockHeld naming it. It is not
+    record, the host rebooted, or ``break_token``: its controller process has ended), or the
+    one the operator names by its token (``forced_token``), is broken and reported in
+    ``broken``; a live holder raises LockHeld naming it. It is not
     taken in check mode. Returns changed (the backup directory was created or fixed, or
     would be), set_exists, locked, lock (its path), holder and broken.
     """
@@ -325,7 +334,7 @@ def open_run(
         if check_mode:
             return result
         holder = new_holder(f"backup {backup_id}", controller or {}, now)
-        taken = acquire(lock, holder, break_token)
+        taken = acquire(lock, holder, break_token, forced_token=forced_token)
     except LockHeld as exc:
         raise LockHeld(_held_message(lock, exc.holder, stale_hours, now), exc.holder) from None
     except FileOpsError as exc:
@@ -346,9 +355,12 @@ def _held_message(lock: str, holder: dict | None, stale_hours: float, now: float
     old = isinstance(started, (int, float)) and (now - started) / 3600 >= stale_hours
     advice = (
         f"it is older than {stale_hours:g} h: if it was taken from another controller and no "
-        f"backup runs there (ps -ef | grep pg_dump on this host), remove it with rm -rf {lock}"
+        "backup runs there (ps -ef | grep pg_dump on this host), "
+        + force_hint(holder, "backup_lock_force_break", lock)
         if old
-        else "it will be released when that run ends"
+        else "it will be released when that run ends (if you are sure that run is gone, "
+        + force_hint(holder, "backup_lock_force_break", lock)
+        + ")"
     )
     return (
         f"Another backup is running: the lock {lock} is held by {describe(holder, now)}. "

@@ -17,8 +17,12 @@ Staleness (:func:`stale_reason`). A lock is broken, with a warning, when
   only a controller that is the holder's own can know this (the action plugin
   ``op_lock`` compares host name, pid and the pid's start time there).
 
-Otherwise the holder is live and blocks. A holder on another controller is never declared
-dead from here: its lock has to be waited for or removed by hand (the message says how).
+* the operator named that lock's token (``forced_token``, from ``-e oplock_force_break=TOKEN``
+  or ``-e backup_lock_force_break=TOKEN``): the way out for a holder on another controller
+  that crashed, which no rule here can declare dead. The refusal prints the token; a token
+  breaks only the lock it was read from, never a newer one taken since.
+
+Otherwise the holder is live and blocks.
 
 Breaking renames the lock directory away first (atomic: of two breakers one wins), then
 deletes it; a release does the same after checking that the lock is still its own (token).
@@ -88,8 +92,14 @@ def same_controller(holder: dict | None, controller: dict | None) -> bool:
     return all(recorded.get(key) == controller.get(key) for key in CONTROLLER_KEYS)
 
 
-def stale_reason(holder: dict | None, current_boot: str, dead_token: str | None = None):
-    """Why the lock of ``holder`` is stale, or None when its holder may be alive."""
+def stale_reason(
+    holder: dict | None,
+    current_boot: str,
+    dead_token: str | None = None,
+    forced_token: str | None = None,
+):
+    """Why the lock of ``holder`` is stale (or broken on the operator's word), or None when its
+    holder may be alive."""
     if not isinstance(holder, dict):
         return "it has no readable holder record (a damaged lock, or one of an older version)"
     recorded_boot = holder.get("boot_id") or ""
@@ -97,6 +107,8 @@ def stale_reason(holder: dict | None, current_boot: str, dead_token: str | None 
         return f"the host rebooted since it was taken (boot id {recorded_boot}, now {current_boot})"
     if dead_token and holder.get("token") == dead_token:
         return "its controller process has ended without releasing it"
+    if forced_token and holder.get("token") == forced_token:
+        return "the operator broke it by its token (force break)"
     return None
 
 
@@ -134,14 +146,29 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def held_message(path: str, holder: dict | None, operation: str, now: float | None = None) -> str:
+def force_hint(holder: dict | None, variable: str, path: str) -> str:
+    """How the operator breaks exactly this lock."""
+    token = (holder or {}).get("token")
+    if not token:
+        return f"remove it: rm -rf {path}"
+    return f"re-run with -e {variable}={token} (breaks this lock only), or remove it: rm -rf {path}"
+
+
+def held_message(
+    path: str,
+    holder: dict | None,
+    operation: str,
+    now: float | None = None,
+    variable: str = "oplock_force_break",
+) -> str:
     """Cause, what was left untouched, and the ways out."""
     return (
         f"{operation} refused: the lock {path} is held by {describe(holder, now)}. Nothing was "
         "changed. Wait until it ends and re-run (or give a wait timeout); a holder whose "
         "controller process has ended on this same controller, or taken before the host's "
         "last reboot, is broken automatically. Only if you are sure that run is gone (for "
-        f"example it ran from another controller that crashed) remove it: rm -rf {path}"
+        "example it ran from another controller that crashed), "
+        + force_hint(holder, variable, path)
     )
 
 
@@ -151,8 +178,10 @@ def acquire(
     dead_token: str | None = None,
     check_mode: bool = False,
     current_boot: str | None = None,
+    forced_token: str | None = None,
 ) -> dict:
-    """Take the lock at ``path`` for ``holder`` (from :func:`new_holder`).
+    """Take the lock at ``path`` for ``holder`` (from :func:`new_holder`). ``forced_token``:
+    the token of a lock the operator breaks (see :func:`stale_reason`).
 
     Returns ``acquired`` (this call took it), ``reentrant`` (this controller process holds
     it already: an outer task owns it), ``holder`` (the record that now holds it) and
@@ -174,12 +203,18 @@ def acquire(
         if same_controller(current, holder.get("controller")):
             result.update(reentrant=True, holder=current)
             return result
-        reason = stale_reason(current, current_boot, dead_token)
+        reason = stale_reason(current, current_boot, dead_token, forced_token)
         if reason is None:
             if check_mode:
                 result.update(held_by=current)
                 return result
-            raise LockHeld(held_message(path, current, holder.get("operation", "")), current)
+            message = held_message(path, current, holder.get("operation", ""))
+            if forced_token:
+                message += (
+                    f". The token given to break it ({forced_token}) is not this lock's: the lock"
+                    " was taken again since, by the holder named above"
+                )
+            raise LockHeld(message, current)
         if check_mode:
             result["broken"].append(f"would break the stale lock {path} of "
                                     f"{describe(current)}: {reason}")  # fmt: skip

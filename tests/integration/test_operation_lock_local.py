@@ -172,6 +172,37 @@ def test_a_stale_lock_is_broken_with_a_warning_and_the_run_succeeds(
     assert stale["token"] not in said
 
 
+def test_a_lock_of_a_crashed_controller_elsewhere_is_broken_by_its_token(tmp_path, stack):
+    # A holder on another controller is never judged dead from here: the run is refused with
+    # the token, and a re-run naming that token breaks that lock (and only that one).
+    foreign = {"host": "controller-that-crashed", "pid": 4242, "pid_start": 1}
+    holder = hold(LOCK, "deploy 9.9.9", foreign)
+    before = containers()
+    try:
+        refused, failures = play(tmp_path / "refused", stack, "restart")
+        message = " ".join(failures)
+        assert refused.rc != 0
+        assert f"-e oplock_force_break={holder['token']}" in message, message
+        assert read_holder(str(LOCK))["token"] == holder["token"]
+        assert containers() == before
+        wrong, failures = play(tmp_path / "wrong", stack, "restart",
+                               oplock_force_break="0123456789abcdef")  # fmt: skip
+        assert wrong.rc != 0
+        assert "is not this lock's" in " ".join(failures)
+        assert read_holder(str(LOCK))["token"] == holder["token"]
+        result, failures = play(tmp_path / "forced", stack, "restart", restart_mode="rolling",
+                                oplock_force_break=holder["token"])  # fmt: skip
+    finally:
+        left = read_holder(str(LOCK))
+        drop(LOCK)
+    assert result.rc == 0, failures
+    said = warnings(result)
+    assert f"Broke the stale lock {LOCK} of deploy 9.9.9" in said, said
+    assert "the operator broke it by its token" in said
+    assert left is None  # taken by the forced run, then released by it
+    assert set(containers()) != set(before)  # the rolling restart replaced the backends
+
+
 def test_two_overlapping_operations_the_second_is_refused_naming_the_first(tmp_path, stack):
     before = containers()
     first: dict = {}

@@ -188,3 +188,51 @@ def test_the_backup_run_lock_uses_the_holder_record_and_the_rule(tmp_path, monke
     assert release_run(str(tmp_path)) is True
     assert not (tmp_path / ".lock").exists()
     assert not (tmp_path / "s3").exists()
+
+
+# --------------------------------------------------------------------------- operator's break
+
+FOREIGN = {"host": "ctl2", "pid": 777, "pid_start": 5}  # another controller: never judged here
+
+
+def test_a_foreign_holder_is_broken_only_by_its_own_token(tmp_path):
+    path = str(tmp_path / "stack.lock")
+    first = acquire(path, holder(FOREIGN), current_boot="boot-a")["holder"]
+    # the refusal prints the token and the variable that breaks this lock
+    with pytest.raises(LockHeld) as held:
+        acquire(path, holder(ME, operation="restart rolling"), current_boot="boot-a")
+    assert f"-e oplock_force_break={first['token']}" in str(held.value)
+    # a wrong (or outdated) token breaks nothing and says so
+    with pytest.raises(LockHeld, match="is not this lock's") as wrong:
+        acquire(path, holder(ME), current_boot="boot-a", forced_token="not-the-token")
+    assert wrong.value.holder["token"] == first["token"]
+    assert read_holder(path)["token"] == first["token"]
+    # in check mode the right token only says what would happen
+    checked = acquire(path, holder(ME), check_mode=True, current_boot="boot-a",
+                      forced_token=first["token"])  # fmt: skip
+    assert checked["acquired"] is False
+    assert "would break" in checked["broken"][0]
+    assert read_holder(path)["token"] == first["token"]
+    # the right token breaks it, with the reason
+    taken = acquire(path, holder(ME), current_boot="boot-a", forced_token=first["token"])
+    assert taken["acquired"] is True
+    assert "the operator broke it by its token" in taken["broken"][0]
+    assert "deploy 1.2.0 (controller pid 777 on ctl2" in taken["broken"][0]
+    assert read_holder(path)["controller"] == ME
+    # the same token does not break the lock taken since
+    with pytest.raises(LockHeld, match="taken again since"):
+        acquire(path, holder(FOREIGN), current_boot="boot-a", forced_token=first["token"])
+    assert read_holder(path)["token"] == taken["holder"]["token"]
+
+
+def test_the_backup_run_lock_names_its_own_force_variable(tmp_path, monkeypatch):
+    monkeypatch.setattr(op_lock, "boot_id", lambda path=None: "boot-a")
+    first = open_run(str(tmp_path), "s1", 6, check_mode=False, controller=FOREIGN)["holder"]
+    with pytest.raises(LockHeld) as held:
+        open_run(str(tmp_path), "s2", 6, check_mode=False, controller=ME)
+    assert f"-e backup_lock_force_break={first['token']}" in str(held.value)
+    broken = open_run(str(tmp_path), "s2", 6, check_mode=False, controller=ME,
+                      forced_token=first["token"])  # fmt: skip
+    assert broken["locked"] is True
+    assert "the operator broke it" in broken["broken"][0]
+    assert release_run(str(tmp_path)) is True
