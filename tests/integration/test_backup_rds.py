@@ -10,6 +10,7 @@ its KMS key, pruning) and the set record and metrics written in the backup direc
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.conftest import (
 SOURCE = "us-east-1"
 DR = "us-west-2"
 PROJECT = "opsauto-it-rds"
+FAILURE_METRIC = "opsauto_backup_last_failure_timestamp_seconds"
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +145,15 @@ def test_no_instance_is_refused_before_aws_is_called(tmp_path, moto_endpoint):
     assert result.rc != 0
     assert "stack_rds_instance_identifier" in " ".join(failures)
     assert not (tmp_path / "backups").exists()
+    assert_failure_metric(tmp_path)
+
+
+def assert_failure_metric(tmp_path):
+    """The failed run left the failure metric, stamped now, so the backup alert fires."""
+    text = (tmp_path / "metrics" / "opsauto_backup_failure.prom").read_text()
+    line = next(x for x in text.splitlines() if x.startswith(FAILURE_METRIC))
+    assert line.startswith(f'{FAILURE_METRIC}{{project="{PROJECT}"}} ')
+    assert abs(int(line.split()[-1]) - time.time()) < 300
 
 
 def test_encrypted_copy_without_dr_key_is_refused(tmp_path, moto_endpoint):
@@ -157,6 +168,7 @@ def test_encrypted_copy_without_dr_key_is_refused(tmp_path, moto_endpoint):
     assert "kms_key_id" in " ".join(failures), failures
     assert manual_snapshots(moto_client(moto_endpoint, "rds", DR), db) == set()
     assert not (tmp_path / "backups" / "b1" / "SET.json").exists()
+    assert_failure_metric(tmp_path)
 
 
 def test_check_mode_creates_nothing(tmp_path, moto_endpoint):
