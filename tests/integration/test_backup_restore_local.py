@@ -15,7 +15,14 @@ import time
 import pytest
 from ansible.module_utils.op_lock import acquire, new_holder
 
-from tests.conftest import AWS_TEST_CREDENTIALS, compose_down, free_port, run, run_playbook
+from tests.conftest import (
+    AWS_TEST_CREDENTIALS,
+    compose_down,
+    free_port,
+    moto_client,
+    run,
+    run_playbook,
+)
 
 PROJECT = "opsauto-it-backup"
 PASSWORD = "integration-password-2"
@@ -286,6 +293,36 @@ def test_offsite_copy_to_s3_then_restore_from_s3(stack, tmp_path, moto_endpoint,
     )  # fmt: skip
     assert result.rc == 0, failures
     assert psql_exec("SELECT count(*) FROM notes") == backed_up
+
+
+def test_offsite_copy_with_a_kms_key_and_object_lock(stack, tmp_path, moto_endpoint, s3_client):
+    # The role passes the KMS key and the retention through: a bucket it creates gets Object
+    # Lock and the key as default encryption; every object carries both.
+    key = moto_client(moto_endpoint, "kms", "us-east-1").create_key()["KeyMetadata"]["Arn"]
+    bucket = "opsauto-it-locked"
+    extra = {**s3_vars(moto_endpoint, bucket), "backup_s3_sse": "aws:kms",
+             "backup_s3_kms_key_id": key, "backup_s3_object_lock_days": 3}  # fmt: skip
+    result, failures = play(stack, tmp_path / "a", "backup.yml", backup_id="it-lock", **extra)
+    assert result.rc == 0, failures
+    lock = s3_client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    assert lock["ObjectLockEnabled"] == "Enabled"
+    rule = s3_client.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    default = rule["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    assert (default["SSEAlgorithm"], default["KMSMasterKeyID"]) == ("aws:kms", key)
+    head = s3_client.head_object(Bucket=bucket, Key=f"{PROJECT}/it-lock/appdb.dump")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    days = (head["ObjectLockRetainUntilDate"].timestamp() - time.time()) / 86400
+    assert 2.9 < days <= 3.01
+    # A bucket that exists without Object Lock: refused, naming the command that enables it.
+    s3_client.create_bucket(Bucket="opsauto-it-unlocked")
+    extra = {**s3_vars(moto_endpoint, "opsauto-it-unlocked"), "backup_s3_object_lock_days": 3}
+    result, failures = play(stack, tmp_path / "b", "backup.yml", backup_id="it-nolock", **extra)
+    assert result.rc != 0
+    message = " ".join(failures)
+    assert "put-object-lock-configuration --bucket opsauto-it-unlocked" in message, message
+    assert "was kept" in message
+    assert s3_client.list_objects_v2(Bucket="opsauto-it-unlocked").get("KeyCount") == 0
 
 
 def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
