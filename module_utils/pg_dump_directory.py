@@ -4,10 +4,22 @@ pg_dump -Fd writes a directory, not a stream, so the dump has to land somewhere 
 becomes the set's one tar file. Staged in the database container (its writable layer,
 ``/tmp``), a large dump fills the file system that the server's container lives on. Here
 pg_dump runs in a throwaway container of the database container's own image (the same
-pg_dump), sharing its network namespace (``--network container:<db>``, with the password;
-without one, see :func:`dump_in_container`), and writes
-into a staging directory in the set's directory on the host (``.stage-<label>-XXXX``,
-0700), bind-mounted. The staged directory is then read by ``pg_restore --list`` (another
+pg_dump) and writes into a staging directory in the set's directory on the host
+(``.stage-<label>-XXXX``, 0700), bind-mounted. How it reaches the server:
+
+* with a password: over TCP to 127.0.0.1 in the database container's network namespace
+  (``--network container:<db>``);
+* without one (socket mode, the guide's ``docker exec ... -U postgres``): through the server's
+  socket, with no network at all. The throwaway container joins the database container's
+  PID namespace (``--pid container:<db>``) and runs as the user of that container's PID 1, so
+  it may follow ``/proc/1/root`` into the database container's file system and connect to
+  ``/proc/1/root<socket dir>`` (the socket dir resolved with ``readlink -f`` inside the
+  database container: Debian's ``/var/run`` is an absolute symlink that would otherwise
+  resolve in the throwaway container). The staging directory is handed to that user. Only
+  when this cannot be set up (the PID or its user unreadable on the host) is the dump staged
+  in the database container as before (:func:`dump_in_container`), and the manifest says so.
+
+The staged directory is then read by ``pg_restore --list`` (another
 throwaway container, no network, read-only mount) and streamed by the host's ``tar``
 through the same pipeline as every dump (optional age encryption), the stream checked by
 ``tar -t`` while it is written. The staging directory is removed in every case.
@@ -27,6 +39,7 @@ import tempfile
 import uuid
 
 from ansible.module_utils.ops_errors import CommandError, CorruptBackupError, PgError
+from ansible.module_utils.pg_session import SOCKET_DIR
 from ansible.module_utils.pipelines import find_binary, stream_to_file
 
 STAGE_MOUNT = "/stage"
@@ -46,23 +59,64 @@ def container_image(pg) -> str:
     return proc.stdout.strip()
 
 
-def throwaway_argv(pg, plan, stage, command, network=True):
+def throwaway_argv(pg, plan, stage, command, access="tcp", user=None):
     """``docker run`` of ``command`` in a throwaway container of the database image with the
-    staging directory at /stage (read-only unless it is the dump)."""
+    staging directory at /stage. ``access``: ``tcp`` (the database container's network,
+    the password), ``socket`` (its PID namespace, no network, as ``user``) or ``none`` (the
+    stage read-only, no network)."""
     image = container_image(pg)
     name = f"{pg.app_name}-{uuid.uuid4().hex[:6]}"
     argv = [pg.docker_cli, "run", "--rm", "--name", name]
     argv += ["--label", plan.get("label_filter") or ADHOC_LABEL]
-    # the module's user owns the staging directory and what is written into it
-    argv += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    # the owner of the staging directory runs it: the module's user, or in socket mode the
+    # user of the database container's PID 1 (the only one allowed into /proc/1/root)
+    argv += ["--user", user or f"{os.getuid()}:{os.getgid()}"]
     argv += ["-e", f"PGAPPNAME={pg.app_name}", "--entrypoint", command[0]]
-    if network:
+    if access == "tcp":
         argv += ["--network", f"container:{pg.container}"]
-        argv += ["-e", "PGPASSWORD"]  # only used with a password (see dump_directory)
+        argv += ["-e", "PGPASSWORD", "-v", f"{stage}:{STAGE_MOUNT}"]
+    elif access == "socket":
+        argv += ["--network", "none", "--pid", f"container:{pg.container}"]
         argv += ["-v", f"{stage}:{STAGE_MOUNT}"]
     else:
         argv += ["--network", "none", "-v", f"{stage}:{STAGE_MOUNT}:ro"]
     return argv + [image, *command[1:]]
+
+
+def socket_route(pg):
+    """Socket mode: ``(uid, gid, socket dir)`` for a throwaway container in the database
+    container's PID namespace - the user of its PID 1 (read from the host's /proc) and the
+    socket directory as seen through ``/proc/1/root``. None when it cannot be set up."""
+    argv = [pg.docker_cli, "inspect", "--format", "{{.State.Pid}}", pg.container]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    pid = proc.stdout.strip()
+    if proc.returncode != 0 or not pid.isdigit() or pid == "0":
+        return None
+    ids = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, values = line.partition(":")
+                if key in ("Uid", "Gid") and len(values.split()) > 1:
+                    ids[key] = int(values.split()[1])  # the effective id
+    except (OSError, ValueError):
+        return None
+    if set(ids) != {"Uid", "Gid"}:
+        return None
+    try:
+        real = pg.run(["readlink", "-f", SOCKET_DIR], context=" (the socket directory)")
+    except PgError:
+        return None
+    directory = real.decode("utf-8", errors="replace").strip() or SOCKET_DIR
+    return ids["Uid"], ids["Gid"], f"/proc/1/root{directory}"
+
+
+def through_socket(command, socket_dir):
+    """``command`` with its ``-h`` (the socket directory) replaced by ``socket_dir``."""
+    command = list(command)
+    if "-h" in command:
+        command[command.index("-h") + 1] = socket_dir
+    return command
 
 
 def _run(pg, argv, context, timeout=None):
@@ -88,20 +142,35 @@ def dump_directory(pg, plan, partial, dump_command, context):
     """Dump into a host staging directory, check it, stream it as a tar into ``partial``.
 
     ``dump_command(target_dir)`` is the pg_dump argv writing to ``target_dir``. Returns
-    ``(StreamResult, method)``. Without a password (the clients use the server's socket)
-    the throwaway container could not reach the socket: a directory cannot be bind-mounted
-    from another container's mount namespace. Then the dump is staged in the database
-    container as before (:func:`dump_in_container`); docs/backup.md says so.
+    ``(StreamResult, method)``. Without a password the throwaway container reaches the
+    server's socket through the database container's PID namespace (see the module's
+    docstring); only if that cannot be set up is the dump staged in the database container
+    (:func:`dump_in_container`).
     """
+    route = None
     if not pg.login_password:
-        return dump_in_container(pg, plan, partial, dump_command, context)
+        route = socket_route(pg)
+        if route is None:
+            return dump_in_container(pg, plan, partial, dump_command, context)
     stage = tempfile.mkdtemp(prefix=f".stage-{plan['label']}-", dir=plan["directory"])
     target = f"{STAGE_MOUNT}/dump"
+    if route is not None:
+        uid, gid, socket_dir = route
+        try:
+            os.chown(stage, uid, gid)  # still 0700: only that user (and root) reads it
+        except OSError:  # the module does not run as root
+            shutil.rmtree(stage, ignore_errors=True)
+            return dump_in_container(pg, plan, partial, dump_command, context)
     try:
-        _run(pg, throwaway_argv(pg, plan, stage, dump_command(target)), context)
+        if route is None:
+            dump = throwaway_argv(pg, plan, stage, dump_command(target))
+        else:
+            command = through_socket(dump_command(target), socket_dir)
+            dump = throwaway_argv(pg, plan, stage, command, "socket", f"{uid}:{gid}")
+        _run(pg, dump, context)
         try:
             _run(
-                pg, throwaway_argv(pg, plan, stage, ["pg_restore", "--list", target], False),
+                pg, throwaway_argv(pg, plan, stage, ["pg_restore", "--list", target], "none"),
                 " while listing the directory dump", timeout=1800,
             )  # fmt: skip
         except CommandError as exc:

@@ -60,6 +60,10 @@ def sealed_args(backup_dir: Path, backup_id: str, database: str, **extra) -> dic
     }  # fmt: skip
 
 
+def pg_id() -> str:
+    return docker("inspect", "--format", "{{.Id}}", CONTAINER).stdout.strip()
+
+
 def take_lock(backup_dir: Path) -> None:
     locked = module({"path": str(backup_dir), "state": "locked", "backup_id": "x"})
     assert locked.get("locked") is True, locked
@@ -219,13 +223,17 @@ def test_no_room_is_refused_before_the_first_dump(pg, tmp_path):
         subprocess.run(["umount", str(mount_point)], check=False, timeout=60)
 
 
-def test_a_directory_dump_is_staged_on_the_host_not_in_the_container(pg, tmp_path):
+@pytest.mark.parametrize("password", [PASSWORD, ""], ids=["password", "socket-mode"])
+def test_a_directory_dump_is_staged_on_the_host_not_in_the_container(pg, tmp_path, password):
+    # Socket mode (no password): the throwaway pg_dump container has no network and reaches
+    # the server's socket through the database container's PID namespace.
     backup_dir = tmp_path / "backups"
     holder = subprocess.Popen(
         ["docker", "exec", "-i", CONTAINER, "psql", "-X", "-q", *SOCKET, "-d", "shop"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    args = sealed_args(backup_dir, "d1", "shop", format="directory", jobs=2)
+    args = sealed_args(backup_dir, "d1", "shop", format="directory", jobs=2,
+                       login_password=password)  # fmt: skip
     try:
         holder.stdin.write("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE;\n")
         holder.stdin.flush()
@@ -242,6 +250,15 @@ def test_a_directory_dump_is_staged_on_the_host_not_in_the_container(pg, tmp_pat
         # pg_dump is writing (blocked on the table): into the host's staging directory only
         assert container_temp_dirs() == []
         assert "/tmp/opsauto" not in docker("diff", CONTAINER).stdout
+        dumper = docker("ps", "-q", "--filter", "label=opsauto.backup").stdout.split()
+        assert len(dumper) == 1, dumper
+        modes = docker("inspect", "--format", "{{.HostConfig.NetworkMode}} "
+                       "{{.HostConfig.PidMode}}", dumper[0]).stdout.split()  # fmt: skip
+        if password:  # TCP inside the database container's network namespace
+            assert modes[0].startswith("container:"), modes
+        else:  # no network; the database container's PID namespace
+            assert modes[0] == "none", modes
+            assert modes[1] in (f"container:{CONTAINER}", f"container:{pg_id()}"), modes
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)

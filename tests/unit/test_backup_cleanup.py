@@ -123,6 +123,23 @@ def test_directory_dumps_run_in_a_labelled_throwaway_container(monkeypatch):
     assert f"PGAPPNAME={pg.app_name}" in argv
     assert "PGPASSWORD" in argv
     assert "pw" not in argv  # the password reaches docker through its environment only
-    listing = pg_dump_directory.throwaway_argv(pg, plan, "/s", ["pg_restore", "--list"], False)
+    listing = pg_dump_directory.throwaway_argv(pg, plan, "/s", ["pg_restore", "--list"], "none")
     assert listing[listing.index("--network") + 1] == "none"
     assert "/s:/stage:ro" in listing
+
+
+def test_socket_mode_reaches_the_socket_through_the_pid_namespace(monkeypatch):
+    monkeypatch.setattr(pg_dump_directory, "container_image", lambda pg: "sha256:img")
+    pg = FakePg(None)
+    plan = {"label_filter": "opsauto.backup=abcd1234"}
+    command = pg_dump_directory.through_socket(
+        ["pg_dump", "-h", "/var/run/postgresql", "-U", "postgres", "-Fd"], "/proc/1/root/run/pg"
+    )
+    assert command[command.index("-h") + 1] == "/proc/1/root/run/pg"
+    argv = pg_dump_directory.throwaway_argv(pg, plan, "/b/s1/.stage-x", command, "socket",
+                                            "999:999")  # fmt: skip
+    assert argv[argv.index("--network") + 1] == "none"  # no network at all
+    assert argv[argv.index("--pid") + 1] == "container:db"
+    assert argv[argv.index("--user") + 1] == "999:999"  # the user of the server's PID 1
+    assert "/b/s1/.stage-x:/stage" in argv
+    assert "PGPASSWORD" not in argv
