@@ -271,6 +271,13 @@ def test_server_recovery_deploys_the_replacement_and_restores_the_newest_backup(
             )  # fmt: skip
             with urllib.request.urlopen(request, timeout=10) as resp:
                 assert resp.status == 201
+        # the operator's own files beside deploy's: one plain, one holding the password
+        dashboard = tmp_path / old / "grafana" / "dashboards" / "app.json"
+        dashboard.parent.mkdir(parents=True)
+        dashboard.write_text('{"title": "orders"}\n')
+        hook = tmp_path / old / "scripts" / "notify.sh"
+        hook.parent.mkdir()
+        hook.write_text(f"psql postgresql://app:{old_vars['stack_db_password']}@db/app\n")
         result, failures = run_playbook(tmp_path / "backup", "backup.yml",
                                         {**old_vars, "backup_id": "before-loss"})  # fmt: skip
         assert result.rc == 0, failures
@@ -296,13 +303,14 @@ def test_server_recovery_deploys_the_replacement_and_restores_the_newest_backup(
         "server_recovery_name": unique_name("app"),
         "server_recovery_deploy": True,
         "server_recovery_restore_data": True,
+        "server_recovery_restore_config": True,
         "server_recovery_health_url": f"http://127.0.0.1:{port}/health",
         "server_recovery_switch": "route53",
         "server_recovery_dns_zone": world["zone"],
         "server_recovery_dns_record": world["record"],
         "server_recovery_poll_interval": 1,
     }
-    status, failures, _, stats, _ = play(tmp_path, "server_recovery.yml", variables)
+    status, failures, debug, stats, _ = play(tmp_path, "server_recovery.yml", variables)
     assert status == "successful", "\n".join(failures)
     status, items = http(port, "/items")
     assert status == 200
@@ -310,6 +318,14 @@ def test_server_recovery_deploys_the_replacement_and_restores_the_newest_backup(
     db = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={name}",
                 "--filter", "label=com.docker.compose.service=db")  # fmt: skip
     assert psql(db, "SELECT count(*) FROM items") == "5"
+    # the set's configuration: the operator's file is back, the one with a secret is named
+    restored = project_dir / "grafana" / "dashboards" / "app.json"
+    assert restored.read_text() == '{"title": "orders"}\n'
+    assert oct(restored.stat().st_mode & 0o777) == "0o644"
+    assert not (project_dir / "scripts" / "notify.sh").exists()
+    said = " ".join(str(m) for m in debug)
+    assert "restored 1 configuration files from set before-loss" in said, said
+    assert "scripts/notify.sh" in said
     report = stats["server_recovery_report"]
     assert report["health_checked"] in (True, "True")
     assert record_values(world) == [[report["new"]["public_ip"]]]
