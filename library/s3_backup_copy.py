@@ -84,6 +84,13 @@ options:
     type: str
     choices: [GOVERNANCE, COMPLIANCE]
     default: GOVERNANCE
+  files:
+    description:
+      - With O(direction=upload), upload only these files (names relative to O(set_dir)) of a
+        directory that is not a backup set, such as an incident's evidence bundle - no SET.json
+        is needed, each file is verified as a set's files are.
+    type: list
+    elements: str
   part_size_mb:
     description: Files larger than this go up as multipart uploads of parts of this size.
     type: int
@@ -184,6 +191,7 @@ def main() -> None:
             "secret_key": {"type": "str", "no_log": True},
             "sse": {"type": "str", "choices": ["AES256", "aws:kms", "none"], "default": "AES256"},
             "part_size_mb": {"type": "int", "default": 16},
+            "files": {"type": "list", "elements": "str"},
             "kms_key_id": {"type": "str"},
             "object_lock_days": {"type": "int", "default": 0},
             "object_lock_mode": {
@@ -219,6 +227,7 @@ def main() -> None:
                 kms_key_id=params["kms_key_id"],
                 lock_days=params["object_lock_days"],
                 lock_mode=params["object_lock_mode"],
+                files=params["files"],
             )
             moved = result["uploaded"]
         else:

@@ -260,11 +260,14 @@ def upload_set(
     lock_days=0,
     lock_mode="GOVERNANCE",
     now=None,
+    files=None,
 ) -> dict:
     """Upload a set; returns {"uploaded": [...], "skipped": [...], "bytes": n}.
 
     ``sse`` AES256, aws:kms (``kms_key_id``: a key other than S3's default) or None;
     ``lock_days`` > 0 retains every object uploaded in ``lock_mode`` for that many days.
+    ``files`` (names relative to ``set_dir``) uploads just these files of a directory that
+    is not a backup set (an incident's evidence bundle), verified the same way.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -273,8 +276,12 @@ def upload_set(
     if kms_key_id:
         extra["SSEKMSKeyId"] = kms_key_id
     checksums = sse == KMS  # under SSE-KMS the ETag is not an MD5 of the content
-    if not dry_run or os.path.isdir(set_dir):  # check mode of a backup not yet taken
-        read_set(set_dir)  # only a sealed set, with a valid SET.json, goes off-site
+    if files is not None:
+        names = [_plain_file(set_dir, name) for name in files]
+    else:
+        if not dry_run or os.path.isdir(set_dir):  # check mode of a backup not yet taken
+            read_set(set_dir)  # only a sealed set, with a valid SET.json, goes off-site
+        names = set_files(set_dir)
     if lock_days > 0:
         check_object_lock(client, bucket)
         now = datetime.now(timezone.utc) if now is None else now
@@ -282,7 +289,7 @@ def upload_set(
         extra["ObjectLockRetainUntilDate"] = (now + timedelta(days=lock_days)).replace(
             microsecond=0
         )
-    for name in set_files(set_dir):
+    for name in names:
         path = os.path.join(set_dir, name)
         key = f"{prefix}/{name}" if prefix else name
         digests = file_digests(path, part_size)
@@ -335,6 +342,18 @@ def upload_set(
         result["uploaded"].append(key)
         result["bytes"] += digests["size"]
     return result
+
+
+def _plain_file(base: str, name: str) -> str:
+    """``name`` if it is a regular file inside ``base`` (no absolute path, no '..', no link)."""
+    path = os.path.join(base, name)
+    if os.path.isabs(name) or ".." in name.split("/") or not os.path.isfile(path):
+        raise TransferError(
+            f"{name} is not a file in {base}: give names of regular files inside that directory"
+        )
+    if os.path.islink(path):
+        raise TransferError(f"{path} is a symbolic link: upload the file it points to instead")
+    return name
 
 
 def _retained(remote: dict, extra: dict) -> bool:

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from tests.conftest import compose_down, run_playbook
+from tests.conftest import AWS_TEST_CREDENTIALS, compose_down, run_playbook
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -205,9 +205,19 @@ def stack(tmp_path_factory, docker_ready):
     compose_down(PROJECT)
 
 
-def test_collect_bundles_redacted_evidence_of_the_running_stack(stack, tmp_path):
+def test_collect_bundles_redacted_evidence_of_the_running_stack(
+    stack, tmp_path, moto_endpoint, s3_client
+):
     incident_dir = tmp_path / "incidents"
     common = {**stack["vars"], "incident_dir": str(incident_dir)}
+    bucket = "opsauto-it-incidents"
+    s3_client.create_bucket(Bucket=bucket)
+    offsite = {
+        "incident_s3_bucket": bucket,
+        "incident_s3_endpoint_url": moto_endpoint,
+        "incident_s3_access_key": AWS_TEST_CREDENTIALS["access_key"],
+        "incident_s3_secret_key": AWS_TEST_CREDENTIALS["secret_key"],
+    }
     result, failures = incident(
         tmp_path, "open", incident_action="open", incident_summary="slow API", **common
     )
@@ -223,10 +233,15 @@ def test_collect_bundles_redacted_evidence_of_the_running_stack(stack, tmp_path)
         diagnose_load_warn_per_core=50.0,
         diagnose_load_fail_per_core=100.0,
         **common,
+        **offsite,
     )
     assert result.rc == 0, failures
     (bundle,) = incident_dir.glob(f"{incident_id}-evidence-*.tar.gz")
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    # the copy in S3, next to the backups, is the same bytes
+    head = s3_client.head_object(Bucket=bucket, Key=f"incidents/{incident_id}/{bundle.name}")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert head["ServerSideEncryption"] == "AES256"
     with tarfile.open(bundle) as tar:
         contents = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
     for name in ("compose-ps.txt", "inspect.json", "stats-1.txt", "ledger.jsonl", "env.redacted"):

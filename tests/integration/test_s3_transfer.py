@@ -438,3 +438,26 @@ def test_module_kms_lock_upload_and_download_warning(s3_client, backup_set, kms_
     )
     assert not (dest / "extra.bin").exists()
     assert (dest / "appdb.dump").read_bytes() == (backup_set / "appdb.dump").read_bytes()
+
+
+def test_named_files_of_a_directory_that_is_not_a_set_are_uploaded_verified(s3, tmp_path):
+    # An incident's evidence bundle: one file of a directory without SET.json.
+    client, bucket = s3
+    bundle = tmp_path / "INC-1-evidence-20261129T190000Z.tar.gz"
+    bundle.write_bytes(os.urandom(6 * MIB))  # a multipart upload, verified by its ETag
+    (tmp_path / "INC-1.json").write_text("{}")  # beside it, not asked for
+    result = upload_set(client, str(tmp_path), bucket, "incidents/INC-1", 5 * MIB, "AES256",
+                        files=[bundle.name])  # fmt: skip
+    assert result["uploaded"] == [f"incidents/INC-1/{bundle.name}"]
+    head = client.head_object(Bucket=bucket, Key=f"incidents/INC-1/{bundle.name}")
+    assert head["Metadata"]["sha256"] == sha256(bundle.read_bytes())
+    assert head["ContentLength"] == 6 * MIB
+    listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [o["Key"] for o in listed] == [f"incidents/INC-1/{bundle.name}"]
+    again = upload_set(client, str(tmp_path), bucket, "incidents/INC-1", 5 * MIB, "AES256",
+                       files=[bundle.name])  # fmt: skip
+    assert again["uploaded"] == []
+    # only regular files inside the directory
+    for name in ("../outside.txt", "/etc/hostname", "missing.tar.gz"):
+        with pytest.raises(TransferError, match="is not a file in"):
+            upload_set(client, str(tmp_path), bucket, "x", 5 * MIB, "AES256", files=[name])
