@@ -336,3 +336,35 @@ def test_s3_down_keeps_the_local_set_and_says_so(stack, tmp_path):
     assert meta["verified"] is True
     flag = (stack[0] / "metrics" / "opsauto_backup_offsite.prom").read_text()
     assert 'opsauto_backup_offsite_success{project="opsauto-it-backup"} 0' in flag
+
+
+def test_retention_deletes_only_this_projects_oldest_sets(stack, tmp_path):
+    # Real sets made by the role in their own backup directory, beside a foreign directory and
+    # a safety set: keep-last 2 removes the oldest scheduled set only.
+    backups = tmp_path / "retention"
+    backups.mkdir(mode=0o700)
+    foreign = backups / "operator-copy"
+    foreign.mkdir()
+    (foreign / "prod.sql").write_text("-- a dump the operator put here by hand\n")
+    policy = {
+        "stack_backup_dir": str(backups), "backup_keep_last": 2, "backup_keep_daily": 0,
+        "backup_keep_weekly": 0, "backup_keep_monthly": 0, "backup_keep_safety": 1,
+    }  # fmt: skip
+    result, failures = play(stack, tmp_path / "safety", "backup.yml", backup_id="pre-restore-r0",
+                            backup_purpose="safety", **policy)  # fmt: skip
+    assert result.rc == 0, failures
+    for n in (1, 2, 3):
+        result, failures = play(stack, tmp_path / f"r{n}", "backup.yml", backup_id=f"r{n}",
+                                **policy)  # fmt: skip
+        assert result.rc == 0, failures
+        time.sleep(1.1)  # distinct creation times (second resolution)
+    left = sorted(p.name for p in backups.iterdir() if not p.name.startswith("."))
+    assert left == ["operator-copy", "pre-restore-r0", "r2", "r3"], left
+    assert (foreign / "prod.sql").read_text().startswith("-- a dump")
+    # the deleted set is gone whole, the kept ones are intact and verified
+    for name in ("r2", "r3"):
+        meta = json.loads((backups / name / "SET.json").read_text())
+        assert meta["verified"] is True
+        for dump in meta["dumps"]:
+            data = (backups / name / dump["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == dump["sha256"]
