@@ -161,3 +161,88 @@ def test_a_request_longer_than_the_old_drain_and_grace_finishes_in_a_rolling_res
     thread.join(READ_TIMEOUT + 10)
     assert result.rc == 0, failures
     assert answer == {"status": 200}
+
+
+def nginx_processes() -> dict:
+    """{'master': pid, 'workers': {pids}} of the nginx container, read from its /proc."""
+    script = ('for d in /proc/[0-9]*; do t=$(tr "\\000" " " < "$d/cmdline" 2>/dev/null) '
+              '|| continue; echo "${d#/proc/} $t"; done')  # fmt: skip
+    out = run(["docker", "compose", "-p", PROJECT, "exec", "-T", "nginx", "sh", "-c", script])
+    procs = [line.split(" ", 1) for line in out.stdout.splitlines() if " " in line]
+    return {
+        "master": next(pid for pid, cmd in procs if cmd.startswith("nginx: master")),
+        "workers": {pid for pid, cmd in procs if cmd.startswith("nginx: worker")},
+    }
+
+
+def rollout_events(result) -> list[str]:
+    return [
+        event["event"]
+        for e in result.events
+        if e.get("event") in ("runner_on_ok", "runner_on_failed")
+        and str(e["event_data"].get("task_action", "")).endswith("compose_rollout")
+        for event in e["event_data"]["res"].get("events", [])
+    ]
+
+
+def test_a_configuration_change_is_reloaded_and_confirmed_by_new_workers(tmp_path, stack):
+    # A deploy that changes nginx.conf: nginx -t, a graceful reload (same master, same
+    # container), and the module waits for a worker generation that did not exist before.
+    before = nginx_processes()
+    try:
+        result, failures = play(tmp_path / "valid2", stack, "deploy", stack_nginx_resolver_valid=2)
+        assert result.rc == 0, failures
+        after = nginx_processes()
+        assert after["master"] == before["master"]  # reloaded, not restarted
+        assert after["workers"]
+        assert not after["workers"] & before["workers"]  # a new generation serves
+        said = " ".join(rollout_events(result))
+        assert "nginx reloaded" in said, said
+        assert "nginx runs the new configuration (workers" in said, said
+        conf = run(["docker", "compose", "-p", PROJECT, "exec", "-T", "nginx", "nginx", "-T"])
+        assert "valid=2s" in conf.stdout
+    finally:
+        result, failures = play(tmp_path / "valid1", stack, "deploy")  # back to the default
+    assert result.rc == 0, failures
+    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/health", timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_a_replica_that_dies_during_the_soak_is_removed_and_the_old_ones_keep_serving(
+    tmp_path, stack
+):
+    before = backends()
+    outcome: dict = {}
+
+    def restart() -> None:
+        outcome["result"] = play(tmp_path / "soak", stack, "restart", restart_mode="rolling",
+                                 restart_services=["backend"], rollout_soak_seconds=40)  # fmt: skip
+
+    worker = threading.Thread(target=restart)
+    worker.start()
+    try:
+        # the new replicas come up beside the old ones; one of them dies once it is healthy
+        deadline = time.monotonic() + 180
+        victim = None
+        while victim is None:
+            assert worker.is_alive(), outcome
+            assert time.monotonic() < deadline, "no new replica became healthy"
+            for name in set(backends()) - set(before):
+                state = run(["docker", "inspect", "--format", "{{.State.Health.Status}}", name])
+                if state.stdout.strip() == "healthy":
+                    victim = name
+                    break
+            time.sleep(0.5)
+        time.sleep(3)  # routed by now (the alias is attached right after the health gate)
+        run(["docker", "kill", victim])
+    finally:
+        worker.join(timeout=600)
+    result, failures = outcome["result"]
+    message = " ".join(failures)
+    assert result.rc != 0
+    assert "did not stay healthy for the soak of 40 s" in message, message
+    assert victim in message
+    assert backends() == before  # the new ones removed, the old ones untouched
+    for _ in range(20):
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/version", timeout=5) as resp:
+            assert resp.status == 200
