@@ -10,10 +10,16 @@ short_description: Read-only diagnosis of the FastAPI stack on one Docker host
 description:
   - Reads the containers, database, network, host, logs, configuration, monitoring,
     deployment ledger and latency of one compose project and evaluates each check as
-    V(PASS), V(WARN), V(FAIL) or V(SKIP) (input not collectable because of another failure),
+    V(PASS), V(WARN), V(FAIL) or V(SKIP) (input not collectable because of another failure,
+    or its source not available on this host, such as no systemd journal, dmesg not
+    permitted or no Grafana URL),
     with the evidence seen and, for V(WARN) and V(FAIL), the remedy (a playbook to run or a
     manual step).
   - Reads only; nothing on the host is written, started or stopped. C(changed) is always false.
+  - Besides Docker it reads the kernel log (C(journalctl -k) where systemd runs, else
+    C(dmesg)), C(journalctl -u docker), C(promtool check config) inside the Prometheus
+    container, Prometheus's rules and alerts API and, when O(grafana_url) is set, Grafana's
+    health API.
   - A check explained by a more basic failure gets C(symptom_of) naming it; the root causes
     are listed in C(summary.root_causes).
   - The report schema is documented in docs/diagnose.md.
@@ -121,6 +127,37 @@ options:
       - The control node's clock (epoch seconds) when it sent the task, compared with the
         host's for C(host.clock). Omitted, the clocks are not compared.
     type: float
+  backup_alert:
+    description:
+      - The backup freshness alert that C(monitoring.alerts) expects Prometheus to have loaded
+        (roles/deploy/files/prometheus-rules). Empty to not expect one.
+    type: str
+    default: BackupMissing
+  alert_fail_severities:
+    description:
+      - A firing alert whose C(severity) label is one of these makes C(monitoring.alerts)
+        V(FAIL); any other firing alert makes it V(WARN). Pending alerts are not firing.
+    type: list
+    elements: str
+    default: [critical]
+  docker_journal_ignore:
+    description:
+      - Regular expressions of Docker daemon error lines that C(host.docker_journal) does
+        not count (known harmless messages).
+    type: list
+    elements: str
+    default: []
+  grafana_url:
+    description:
+      - Grafana's base URL, for C(monitoring.grafana) (GET /api/health). Empty skips the check.
+    type: str
+    default: ""
+  grafana_token:
+    description:
+      - A Grafana service account token; given, each datasource's health check is read too.
+        Sent in the C(Authorization) header only; never logged or returned.
+    type: str
+    default: ""
   docker_cli:
     description: The docker CLI.
     type: str
@@ -171,6 +208,7 @@ report:
       type: float
 """
 
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -211,6 +249,11 @@ def main():
             "route_alias": {"type": "str", "default": ""},
             "backup_metrics_dir": {"type": "str", "default": ""},
             "controller_time": {"type": "float"},
+            "backup_alert": {"type": "str", "default": "BackupMissing"},
+            "alert_fail_severities": {"type": "list", "elements": "str", "default": ["critical"]},
+            "docker_journal_ignore": {"type": "list", "elements": "str", "default": []},
+            "grafana_url": {"type": "str", "default": ""},
+            "grafana_token": {"type": "str", "default": "", "no_log": True},
             "docker_cli": {"type": "str", "default": "docker"},
         },
         supports_check_mode=True,
@@ -220,6 +263,13 @@ def main():
     if missing:
         module.fail_json(msg=f"services lacks {', '.join(sorted(missing))}; give every one.")
     params["thresholds"] = {**DEFAULT_THRESHOLDS, **(params["thresholds"] or {})}
+    for pattern in params["docker_journal_ignore"]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            module.fail_json(
+                msg=f"docker_journal_ignore: {pattern!r} is not a regular expression: {exc}"
+            )
     started = time.time()
     try:
         facts = Collector(params).collect()

@@ -14,6 +14,11 @@ database login fails), so an operator reads the root causes first.
 
 from __future__ import annotations
 
+from ansible.module_utils.diagnose_checks_alerting import (
+    check_alerts,
+    check_grafana,
+    check_prometheus_config,
+)
 from ansible.module_utils.diagnose_checks_containers import (
     check_healthy,
     check_oom,
@@ -29,6 +34,8 @@ from ansible.module_utils.diagnose_checks_host import (
     check_clock,
     check_disks,
     check_docker,
+    check_docker_journal,
+    check_kernel_oom,
     check_load,
     check_memory,
 )
@@ -88,6 +95,7 @@ DEFAULT_THRESHOLDS = {
     "backup_max_age_hours": 26.0,
     "clock_skew_warn_seconds": 5.0,
     "clock_skew_fail_seconds": 60.0,
+    "docker_journal_errors_warn": 1,
 }
 
 # Which failures explain which: a non-PASS check whose listed cause is also non-PASS is
@@ -103,9 +111,20 @@ _SERVING = [
 ]
 _ALL = [*_SERVING, "network.http", "host.load", "host.memory", "database.activity"]
 CAUSES = {
-    "containers.running": ["host.docker", "containers.oom", "network.ports"],
+    "containers.running": ["host.docker", "containers.oom", "host.kernel_oom", "network.ports"],
     "containers.healthy": [*_DB, "containers.restarts"],
-    "containers.restarts": ["containers.oom", *_DB],
+    "containers.restarts": ["containers.oom", "host.kernel_oom", *_DB],
+    # The kernel's kill of a container Docker marked OOMKilled is the same event.
+    "host.kernel_oom": ["containers.oom"],
+    # A daemon's errors about containers that exited, looped or could not bind their port.
+    "host.docker_journal": [
+        "host.docker",
+        "containers.oom",
+        "host.kernel_oom",
+        "containers.running",
+        "containers.restarts",
+        "network.ports",
+    ],
     "containers.replicas": ["host.docker"],
     "database.ready": ["host.docker", "containers.present", "containers.running"],
     "database.login": _BASIC + ["network.db_dns"],
@@ -129,6 +148,14 @@ CAUSES = {
         "network.replicas",
     ],
     "monitoring.http_5xx": _ALL,
+    "monitoring.alerts": [
+        *_BASIC,
+        "monitoring.prometheus",
+        "configuration.prometheus",
+        "backup.age",
+    ],
+    "monitoring.grafana": ["host.docker", "monitoring.prometheus"],
+    "configuration.prometheus": _BASIC,
     "network.ports": ["host.docker"],
     "deployment.release": _BASIC,
     "logs.tracebacks": _ALL,
@@ -146,6 +173,8 @@ CHECKS = (
     check_memory,
     check_disks,
     check_clock,
+    check_kernel_oom,
+    check_docker_journal,
     check_present,
     check_running,
     check_healthy,
@@ -166,10 +195,13 @@ CHECKS = (
     check_env,
     check_nginx_config,
     check_upstream_port,
+    check_prometheus_config,
     check_prometheus,
     check_targets,
     check_backend_metrics,
     check_prometheus_5xx,
+    check_alerts,
+    check_grafana,
     check_backup_age,
     check_release,
     check_rollback_images,

@@ -8,7 +8,11 @@ stopped. The runner, the HTTP client, the clock and sleep are injected so the pa
 unit-tested without Docker:
 
     run(argv, timeout) -> (rc, stdout, stderr)
-    http_get(url, timeout) -> {"status": int|None, "body": str, "ms": float, "error": str}
+    http_get(url, timeout, headers=None) -> {"status": int|None, "body": str, "ms": float,
+                                             "error": str}
+
+The kernel log, the daemon's journal, promtool, Prometheus's alerts and Grafana are read by
+module_utils/diagnose_sources.py.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ from ansible.module_utils.diagnose_parse import (  # noqa: F401 (parsers re-expo
     scan_access_log,
     scan_logs,
     window_start,
+)
+from ansible.module_utils.diagnose_sources import (
+    docker_journal,
+    grafana,
+    kernel_log,
+    prometheus_alerts,
+    promtool_check,
+    systemd_booted,
 )
 from ansible.module_utils.release_ledger import LedgerError, read_ledger
 
@@ -123,10 +135,11 @@ def subprocess_run(argv, timeout):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def urllib_get(url, timeout):
+def urllib_get(url, timeout, headers=None):
     start = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             body = resp.read(65536).decode("utf-8", "replace")
             status = resp.status
         error = ""
@@ -166,8 +179,10 @@ class Collector:
     """Reads everything once; ``collect()`` returns the facts dict the checks evaluate."""
 
     def __init__(self, p, run=subprocess_run, http_get=urllib_get, clock=time.time,
-                 sleep=time.sleep, read=read_text, disk=statvfs_disk):  # fmt: skip
+                 sleep=time.sleep, read=read_text, disk=statvfs_disk,
+                 booted=systemd_booted):  # fmt: skip
         self.p = p
+        self.booted = booted
         self.run = run
         self.http_get = http_get
         self.clock = clock
@@ -489,6 +504,9 @@ class Collector:
             "env_required": self.p["env_required"],
             "since": since,
             "restart_sample_seconds": self.p["restart_sample_seconds"],
+            "backup_alert": self.p.get("backup_alert", "BackupMissing"),
+            "alert_fail_severities": self.p.get("alert_fail_severities") or ["critical"],
+            "docker_journal_ignore": self.p.get("docker_journal_ignore") or [],
             # The control node's clock when it sent the task, against this host's.
             "clock": {"controller": self.p.get("controller_time"), "host": started},
         }
@@ -517,6 +535,17 @@ class Collector:
             "compose": self.compose_config,
             "prometheus": lambda: self.prometheus(started - window_from),
             "images_present": self.images,
+            "kernel_oom": lambda: kernel_log(self.run, window_from, self.booted()),
+            "docker_journal": lambda: docker_journal(self.run, window_from, self.booted()),
+            "promtool": lambda: promtool_check(
+                self.docker_cmd, self.first_running(containers, self.services["prometheus"])
+            ),
+            "prometheus_alerts": lambda: prometheus_alerts(
+                self.http_get, f"http://{self.p['prometheus_bind']}:{self.p['prometheus_port']}"
+            ),
+            "grafana": lambda: grafana(
+                self.http_get, self.p.get("grafana_url") or "", self.p.get("grafana_token") or ""
+            ),
         }
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {key: pool.submit(job) for key, job in jobs.items()}

@@ -136,6 +136,45 @@ def healthy_facts():
                 "errors": 0.0,
             },
         },
+        # The sources of module_utils/diagnose_sources.py, all readable and quiet.
+        "kernel_oom": {"source": "dmesg", "kills": []},
+        "docker_journal": {"source": "journalctl -u docker", "errors": [], "unit_failed": []},
+        "docker_journal_ignore": [],
+        "promtool": {
+            "container": "fm-prometheus-1",
+            "path": "/etc/prometheus/prometheus.yml",
+            "rc": 0,
+            "rules": 3,
+            "rule_files": ["/etc/prometheus/rules/backup-alerts.yml"],
+            "errors": [],
+        },
+        "prometheus_alerts": {
+            "url": "http://127.0.0.1:9090",
+            "rules": [
+                {"group": "opsauto-backup", "name": n, "health": "ok", "error": "", "file": ""}
+                for n in ("BackupMissing", "BackupNotVerified", "BackupRunFailed")
+            ],
+            "alerts": [],
+        },
+        "backup_alert": "BackupMissing",
+        "alert_fail_severities": ["critical"],
+        "grafana": {
+            "url": "http://grafana:3000",
+            "status": 200,
+            "error": "",
+            "database": "ok",
+            "version": "10.4.2",
+            "datasources": [
+                {
+                    "name": "Prometheus",
+                    "type": "prometheus",
+                    "uid": "prom1",
+                    "http": 200,
+                    "status": "OK",
+                    "message": "Successfully queried the Prometheus API.",
+                },
+            ],  # fmt: skip
+        },
         "ledger": {"path": "/opt/fastapi-monolith/ledger/releases.jsonl", "entries": [RELEASE]},
         "images_present": {"fastapi-monolith/backend:1.1.0": True, "img/db": True},
         "upstream": {

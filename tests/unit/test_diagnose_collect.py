@@ -160,6 +160,8 @@ class FakeDocker:
 
     def __call__(self, argv, timeout):
         self.calls.append(argv)
+        if argv[0] in ("dmesg", "journalctl"):  # the kernel log and the daemon's journal
+            return 0, "", ""
         args = argv[1:]
         if args[0] == "info":
             return 0, "24.0.5 /var/lib/docker\n", ""
@@ -201,6 +203,14 @@ class FakeDocker:
 
 
 def fake_http(url, timeout):
+    if "/api/v1/rules" in url:
+        rule = {"type": "alerting", "name": "BackupMissing", "health": "ok"}
+        groups = [{"name": "opsauto-backup", "rules": [rule]}]
+        body = json.dumps({"status": "success", "data": {"groups": groups}})
+        return {"status": 200, "body": body, "ms": 2.0, "error": ""}
+    if "/api/v1/alerts" in url:
+        return {"status": 200, "body": '{"status": "success", "data": {"alerts": []}}', "ms": 2.0,
+                "error": ""}  # fmt: skip
     if "/api/v1/query?" in url:
         errors = "5.." in urllib.parse.unquote(url)
         body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
@@ -261,7 +271,7 @@ def collect(docker):
     slept = []
     collector = col.Collector(
         PARAMS, run=docker, http_get=fake_http, clock=lambda: 1767225600.0,
-        sleep=slept.append, read=read, disk=disk,
+        sleep=slept.append, read=read, disk=disk, booted=lambda: False,
     )  # fmt: skip
     return collector.collect(), slept
 
@@ -278,8 +288,20 @@ def test_collection_of_a_healthy_project_evaluates_clean():
     assert facts["wanted_replicas"] == {"db": 1, "backend": 1, "nginx": 1}
     results = {r["id"]: r for r in dc.evaluate(facts)}
     findings = {k: r["status"] for k, r in results.items() if r["status"] != "PASS"}
-    # Only the empty ledger (this fake host never recorded a release) is a finding.
-    assert findings == {"deployment.release": "WARN", "deployment.rollback_images": "SKIP"}
+    # Only the empty ledger (this fake host never recorded a release) is a finding; the rest
+    # is SKIP for a source this fake host lacks: no systemd (so no daemon journal), no
+    # Prometheus container to run promtool in, no Grafana URL.
+    assert findings == {
+        "deployment.release": "WARN",
+        "deployment.rollback_images": "SKIP",
+        "host.docker_journal": "SKIP",
+        "configuration.prometheus": "SKIP",
+        "monitoring.grafana": "SKIP",
+    }
+    assert results["host.kernel_oom"]["summary"].endswith("(dmesg)")
+    assert results["monitoring.alerts"]["summary"] == (
+        "1 alerting rules loaded (BackupMissing among them), none firing"
+    )
     # nginx -t tests the configuration file the container was started with.
     nginx_t = next(a for a in docker.calls if a[1:2] == ["exec"] and a[3] == "nginx")
     assert nginx_t[-2:] == ["-c", "/etc/nginx/opsauto/nginx.conf"]
