@@ -10,9 +10,11 @@ Run it under the engine lock (flock /tmp/opsauto-engine.lock pytest tests/integr
 from __future__ import annotations
 
 import hashlib
+import http.server
 import importlib
 import json
 import socket
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -38,7 +40,7 @@ OOM, CRASH, NO_METRICS, SLOW = (
 STRAYS = (OOM, CRASH, NO_METRICS, SLOW)
 
 
-def stack_vars(project_dir, backup_dir):
+def stack_vars(project_dir, backup_dir, metrics_dir):
     return {
         "stack_project_name": PROJECT,
         "stack_project_dir": str(project_dir),
@@ -46,6 +48,9 @@ def stack_vars(project_dir, backup_dir):
         "stack_prometheus_port": PROM_PORT,
         "stack_db_password": PASSWORD,
         "stack_backup_dir": str(backup_dir),
+        # node_exporter publishes this test's own backup metrics (not the host's shared
+        # directory): the backup alerts Prometheus evaluates see a fresh backup.
+        "stack_metrics_textfile_dir": str(metrics_dir),
     }
 
 
@@ -54,7 +59,12 @@ def stack(tmp_path_factory, docker_ready):
     base = tmp_path_factory.mktemp("diagnose")
     project_dir, backup_dir = base / PROJECT, base / "backups"
     backup_dir.mkdir(mode=0o700)
-    variables = stack_vars(project_dir, backup_dir)
+    # The backup metrics of a set made now, written by the backup role's own function,
+    # for the backup freshness check (backup.age) and the alerts Prometheus evaluates.
+    metrics = base / "metrics"
+    metrics.mkdir()
+    (metrics / "opsauto_backup.prom").write_text(fresh_backup_metrics())
+    variables = stack_vars(project_dir, backup_dir, metrics)
     try:
         result, failures = run_playbook(
             base / "deploy-run",
@@ -62,11 +72,6 @@ def stack(tmp_path_factory, docker_ready):
             {**variables, "deploy_backend_replicas": 2, "deploy_health_timeout": 90},
         )
         assert result.rc == 0, failures
-        # The backup metrics of a set made now, written by the backup role's own function,
-        # for the backup freshness check (backup.age).
-        metrics = base / "metrics"
-        metrics.mkdir()
-        (metrics / "opsauto_backup.prom").write_text(fresh_backup_metrics())
         yield {"base": base, "dir": project_dir, "vars": variables, "metrics": metrics}
     finally:
         for name in STRAYS:
@@ -204,6 +209,17 @@ def traffic(requests=20):
             assert resp.status == 200
 
 
+# The checks whose source this machine lacks: no Grafana is given and, where systemd does
+# not run (the test machine), there is no journal of the Docker daemon.
+SYSTEMD = Path("/run/systemd/system").is_dir()
+HOST_SKIPS = {"monitoring.grafana": "diagnose_grafana_url is not set"}
+if not SYSTEMD:
+    HOST_SKIPS["host.docker_journal"] = (
+        "systemd is not running on this host (no /run/systemd/system): the Docker daemon's log "
+        "is not in a journal"
+    )
+
+
 def test_healthy_stack_no_finding_twice_and_untouched(stack):
     wait_until_healthy()
     # The window starts once the stack is up: requests made while the deploy was still
@@ -221,11 +237,32 @@ def test_healthy_stack_no_finding_twice_and_untouched(stack):
         assert result.rc == 0, failures
         assert result.stats["changed"].get("localhost", 0) == 0, result.stats
         assert findings(report) == {}, json.dumps(findings(report), indent=1)
+        # SKIP only where this host lacks the source: no systemd (so no journal of the
+        # daemon), no Grafana URL given.
+        skipped = {c["id"]: c["summary"] for c in report["checks"] if c["status"] == "SKIP"}
+        assert skipped == HOST_SKIPS, skipped
         assert report["summary"] == {
             "status": "PASS",
-            "counts": {"PASS": len(report["checks"]), "WARN": 0, "FAIL": 0, "SKIP": 0},
+            "counts": {
+                "PASS": len(report["checks"]) - len(HOST_SKIPS),
+                "WARN": 0,
+                "FAIL": 0,
+                "SKIP": len(HOST_SKIPS),
+            },
             "root_causes": [],
         }
+        statuses = {c["id"]: c for c in report["checks"]}
+        # The kernel log is read with dmesg where no systemd journal keeps it; promtool runs in
+        # the Prometheus container; the backup freshness alert is loaded and nothing fires.
+        assert statuses["host.kernel_oom"]["status"] == "PASS"
+        source = "(journalctl -k)" if SYSTEMD else "(dmesg)"
+        assert source in statuses["host.kernel_oom"]["summary"], statuses["host.kernel_oom"]
+        assert statuses["configuration.prometheus"]["summary"] == (
+            "promtool check config /etc/prometheus/prometheus.yml: valid, 1 rule files, 3 rules"
+        )
+        assert statuses["monitoring.alerts"]["summary"].startswith(
+            "3 alerting rules loaded (BackupMissing among them), none firing"
+        )
     assert container_ids() == ids_before
     assert tree_digest(stack["dir"]) == files_before  # compose, .env, nginx conf, ledger
     reports = stack["base"] / "reports-healthy-2"
@@ -446,6 +483,14 @@ def test_container_oom_killed(stack):
         assert check["evidence"] == [f"{OOM}: OOMKilled, memory limit 16777216"]
         assert "playbooks/scale.yml" in check["remedy"]
         assert findings(report)["containers.running"]["symptom_of"] == "containers.oom"
+        # The kernel's own record of the kill (dmesg on this host): the process and its time,
+        # the same event as Docker's OOMKilled.
+        kernel = findings(report)["host.kernel_oom"]
+        assert kernel["status"] == "FAIL", kernel
+        assert kernel["symptom_of"] == "containers.oom"
+        assert kernel["summary"].startswith("1 OOM kill in the kernel log since "), kernel
+        assert kernel["summary"].endswith(f" in {OOM}"), kernel
+        assert kernel["evidence"][0].startswith("python3 (pid "), kernel
     finally:
         run(["docker", "rm", "-f", OOM])
 
@@ -540,6 +585,79 @@ def test_backup_older_than_the_alert_limit(stack):
         assert "the newest successful backup is 30.0 h old (limit 26 h" in check["summary"]
     finally:
         prom.write_text(fresh_backup_metrics())
+
+
+GRAFANA_TOKEN = "glsa_integration-token-4242"
+
+
+class FakeGrafana(http.server.BaseHTTPRequestHandler):
+    """Grafana's health and datasource API as far as monitoring.grafana reads it."""
+
+    seen: list = []
+    PAGES = {
+        "/api/health": (200, {"commit": "abc", "database": "ok", "version": "10.4.2"}),
+        "/api/datasources": (200, [{"uid": "prom", "name": "Prometheus", "type": "prometheus"},
+                                   {"uid": "pg", "name": "App DB", "type": "postgres"}]),
+        "/api/datasources/uid/prom/health": (200, {"status": "OK", "message": "ok"}),
+        "/api/datasources/uid/pg/health": (400, {"status": "ERROR",
+                                                 "message": "connection refused"}),
+    }  # fmt: skip
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        auth = self.headers.get("Authorization") or ""
+        self.seen.append((self.path, auth))
+        status, body = self.PAGES.get(self.path, (404, {"message": "Not found"}))
+        if self.path != "/api/health" and auth != f"Bearer {GRAFANA_TOKEN}":
+            status, body = 401, {"message": "Unauthorized"}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_grafana_datasource_failing_and_the_token_kept_out(stack):
+    """monitoring.grafana against a Grafana stand-in on 127.0.0.1: /api/health, then each
+    datasource's health with the token; the token reaches Grafana in the header only and is
+    in no report, no task output and no event of the run."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeGrafana.seen.clear()
+    try:
+        result, failures, report, _ = diagnose(
+            stack, "grafana", diagnose_since=now_utc(),
+            diagnose_grafana_url=f"http://127.0.0.1:{server.server_port}",
+            diagnose_grafana_token=GRAFANA_TOKEN,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.rc == 0, failures
+    check = assert_only_root_cause(report, "monitoring.grafana", "FAIL", "Save & test")
+    assert check["summary"] == ("1 of 2 Grafana datasources fail their health check: App DB")
+    assert check["evidence"] == ["App DB (postgres, uid pg): HTTP 400 ERROR connection refused"]
+    assert FakeGrafana.seen == [
+        ("/api/health", ""),
+        ("/api/datasources", f"Bearer {GRAFANA_TOKEN}"),
+        ("/api/datasources/uid/prom/health", f"Bearer {GRAFANA_TOKEN}"),
+        ("/api/datasources/uid/pg/health", f"Bearer {GRAFANA_TOKEN}"),
+    ]
+    run_dir = stack["base"] / "run-grafana"
+    reports = stack["base"] / "reports-grafana"
+    leaks = [
+        str(path)
+        for path in [*run_dir.rglob("*"), *reports.rglob("*")]
+        # env/extravars is the input handed to ansible-runner, as AWX hands it.
+        if path.is_file() and path.parts[-2:] != ("env", "extravars")
+        and GRAFANA_TOKEN in path.read_text(errors="replace")
+    ]  # fmt: skip
+    assert leaks == []
+    assert GRAFANA_TOKEN not in json.dumps([e.get("event_data") for e in result.events])
 
 
 def test_published_port_taken_by_another_process(stack):
