@@ -8,12 +8,16 @@ Run it under the engine lock (flock /tmp/opsauto-engine.lock pytest tests/integr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
 import stat
 import tarfile
 import threading
+import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -201,8 +205,31 @@ def stack(tmp_path_factory, docker_ready):
         base / "deploy-run", "deploy.yml", {**variables, "deploy_health_timeout": 90}
     )
     assert result.rc == 0, failures
+    wait_for_scraped_series()
     yield {"base": base, "vars": variables}
     compose_down(PROJECT)
+
+
+def prometheus_value(query: str) -> float:
+    url = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        result = json.loads(resp.read())["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def wait_for_scraped_series(timeout: float = 120) -> None:
+    """Until the fresh stack's Prometheus has what the collect's range queries read at the
+    incident's start: every target up and two samples of the backend's request counter (a
+    rate needs two). Without this the collect, run seconds after the deploy, raced the first
+    scrapes (it failed once in a full run and passed alone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            rates = prometheus_value('count(rate(http_requests_total{job="backend"}[1m]))')
+            if prometheus_value("count(up == 1)") >= 3 and rates >= 1:
+                return
+        assert time.monotonic() < deadline, "Prometheus never scraped the fresh stack twice"
+        time.sleep(1)
 
 
 def test_collect_bundles_redacted_evidence_of_the_running_stack(
