@@ -104,6 +104,36 @@ def test_parse_oom_kills_pairs_the_cgroup_with_the_killed_process():
     assert src.parse_oom_kills(old, WINDOW)[0]["global"] is True
 
 
+# Copied from this test machine's dmesg (kernel 6.18, cgroup v1, Docker's cgroupfs driver)
+# after another run's OOM fault test: a container with a 16 MiB limit allocating 200 MiB.
+REAL_ID = "06468965b270d84ad8b707598a4ee0591e3a14c7246318ebcf3fc8ecd8934982"
+REAL_DMESG = f"""\
+2026-11-29T18:46:22,998926+00:00 [  17712] 10001 17712    54644     5305     4000     1305  \
+       0    90112        0             0 python3
+2026-11-29T18:46:22,998929+00:00 oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),\
+cpuset={REAL_ID},mems_allowed=0,oom_memcg=/docker/{REAL_ID},task_memcg=/docker/{REAL_ID},\
+task=python3,pid=17712,uid=10001
+2026-11-29T18:46:22,998942+00:00 Memory cgroup out of memory: Killed process 17712 (python3) \
+total-vm:218576kB, anon-rss:16000kB, file-rss:5220kB, shmem-rss:0kB, UID:10001 pgtables:88kB \
+oom_score_adj:0
+2026-11-29T18:46:23,073034+00:00 docker0: port 1(veth20e8ce1) entered disabled state
+"""
+
+
+def test_parse_oom_kills_of_a_real_kernel_log():
+    assert src.parse_oom_kills(REAL_DMESG, 1795977900.0) == [
+        {
+            "time": "2026-11-29T18:46:22Z",
+            "epoch": pytest.approx(1795977982.998942),
+            "pid": 17712,
+            "task": "python3",
+            "memcg": f"/docker/{REAL_ID}",
+            "container_id": REAL_ID,
+            "global": False,
+        }
+    ]
+
+
 def test_parse_docker_journal_counts_errors_not_warnings_and_sees_the_unit_fail():
     text = (
         '2026-01-01T00:01:00+0000 web1 dockerd[612]: time="..." level=error '
