@@ -88,8 +88,20 @@ def assert_no_failed_requests(host) -> dict:
     summary = loadgen_stop(host)
     assert summary["total"] > 100, summary
     assert summary["seconds"] < LOADGEN_SECONDS - 1, f"the load ended before verify: {summary}"
-    assert summary["failed"] == 0, json.dumps(summary) + evidence(host)
+    # the evidence first and the summary (with the first errors and their times) last: the
+    # test wrapper shows the tail of the output
+    assert summary["failed"] == 0, (
+        evidence(host) + failed_in_nginx_log(host) + "\n--- load generator ---\n"
+        + json.dumps(summary)
+    )  # fmt: skip
     return summary
+
+
+def failed_in_nginx_log(host) -> str:
+    """nginx's access log lines of the whole run whose status is not 2xx (at most 30)."""
+    logs = host.run(f"docker compose -p {PROJECT} logs --no-color --no-log-prefix nginx")
+    bad = [line for line in logs.stdout.splitlines() if '" 2' not in line and "HTTP/" in line]
+    return "\n--- nginx requests that did not succeed ---\n" + "\n".join(bad[:30])
 
 
 def assert_all_healthy(host) -> list[dict]:
