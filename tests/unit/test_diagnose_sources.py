@@ -181,6 +181,16 @@ def test_kernel_log_reads_journalctl_where_systemd_runs_else_dmesg():
     assert [c[0] for c in fake.calls] == ["dmesg"]  # no journal without systemd
 
 
+def test_dmesg_times_lag_so_a_kill_just_before_the_window_counts():
+    """dmesg's wall times come from the kernel's boot clock and lag the real time (0.7 s
+    after 8 h here): a kill printed up to DMESG_SLACK_SECONDS before the window counts."""
+    start = 1795977990.0  # 2026-11-29T18:46:30Z, 7 s after REAL_DMESG's kill was printed
+    fake = FakeRun({"dmesg": (0, REAL_DMESG, "")})
+    assert [k["pid"] for k in src.kernel_log(fake, start, booted=False)["kills"]] == [17712]
+    fake = FakeRun({"dmesg": (0, REAL_DMESG, "")})
+    assert src.kernel_log(fake, start + src.DMESG_SLACK_SECONDS, booted=False)["kills"] == []
+
+
 def test_kernel_log_falls_back_to_dmesg_then_skips_with_both_reasons():
     # journalctl exits 0 but reads nothing without journal files (no journald).
     fake = FakeRun({"journalctl": (0, "", "No journal files were found.\n"),
