@@ -199,7 +199,9 @@ def test_a_configuration_change_is_reloaded_and_confirmed_by_new_workers(tmp_pat
         said = " ".join(rollout_events(result))
         assert "nginx reloaded" in said, said
         assert "nginx runs the new configuration (workers" in said, said
-        conf = run(["docker", "compose", "-p", PROJECT, "exec", "-T", "nginx", "nginx", "-T"])
+        # the configuration the running master was started with (-c), as nginx reads it now
+        conf = run(["docker", "compose", "-p", PROJECT, "exec", "-T", "nginx", "nginx", "-T",
+                    "-c", "/etc/nginx/opsauto/nginx.conf"])  # fmt: skip
         assert "valid=2s" in conf.stdout
     finally:
         result, failures = play(tmp_path / "valid1", stack, "deploy")  # back to the default
