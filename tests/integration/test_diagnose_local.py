@@ -550,15 +550,19 @@ def test_backend_metrics_unreachable_and_its_target_down(stack):
     finally:
         run(["docker", "rm", "-f", NO_METRICS])
     wait_until_healthy()
+    forget_target(ip)
 
 
 def test_one_slow_replica_behind_nginx(stack):
     """A replica whose /health takes 1.2 s, routed to by nginx: p95 rises, the replica is named."""
     since = now_utc()
+    ip = None
     try:
-        start_fake_replica(SLOW, 1.2, "yes", "backend-live")  # nginx's route alias
+        ip = start_fake_replica(SLOW, 1.2, "yes", "backend-live")  # nginx's route alias
+        # nginx picks one of 3 addresses per request: 16 probes miss the slow one with
+        # probability (2/3)^16 = 0.15% (6 missed it 8.8% of the time: failed once in a full run)
         _, _, report, _ = diagnose(stack, "slow", diagnose_since=since,
-                                   diagnose_latency_probes=6)  # fmt: skip
+                                   diagnose_latency_probes=16)  # fmt: skip
         check = assert_only_root_cause(
             report, "latency.health", "WARN", f"docker stats --no-stream {SLOW}"
         )
@@ -567,6 +571,15 @@ def test_one_slow_replica_behind_nginx(stack):
         run(["docker", "rm", "-f", SLOW])
         reload_nginx()
     wait_until_healthy()
+    forget_target(ip)
+
+
+def forget_target(ip):
+    """Until Prometheus no longer lists a removed stray's address (its DNS discovery keeps it
+    as a down target for a while, which the next test would see: it failed the Grafana test
+    once in a full run)."""
+    if ip:
+        wait_for(lambda: target_health(ip) is None, f"Prometheus dropped {ip}", 120)
 
 
 def test_backup_older_than_the_alert_limit(stack):
