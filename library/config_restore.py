@@ -101,6 +101,7 @@ import platform
 
 from ansible.module_utils.backup_sets import list_sets, read_set, select_set
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.config_redact import SECRET_NAME_PATTERN
 from ansible.module_utils.config_restore import apply_restore, plan_restore
 from ansible.module_utils.ops_errors import OpsError
 
@@ -163,7 +164,7 @@ def main() -> None:
             "backup_id": {"type": "str", "default": "latest"},
             "dest": {"type": "path", "required": True},
             "redact_values": {"type": "list", "elements": "str", "default": [], "no_log": True},
-            "secret_pattern": {"type": "str", "default": "PASSWORD|SECRET|TOKEN|KEY"},
+            "secret_pattern": {"type": "str", "default": SECRET_NAME_PATTERN},
         },
         supports_check_mode=True,
     )

@@ -134,6 +134,7 @@ import re
 
 from ansible.module_utils.age import check_recipients
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.config_redact import SECRET_NAME_PATTERN
 from ansible.module_utils.config_snapshot import Snapshot, SnapshotError, take_snapshot
 from ansible.module_utils.ops_errors import PgError
 
@@ -190,7 +191,7 @@ def main() -> None:
             "dest": {"type": "path", "required": True},
             "excludes": {"type": "list", "elements": "str", "default": ["*.lock"]},
             "env_file": {"type": "str", "default": ".env"},
-            "secret_name_pattern": {"type": "str", "default": "PASSWORD|SECRET|TOKEN|KEY"},
+            "secret_name_pattern": {"type": "str", "default": SECRET_NAME_PATTERN},
             "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
             "redact_values": {"type": "list", "elements": "str", "default": [], "no_log": True},
         },

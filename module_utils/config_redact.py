@@ -22,6 +22,9 @@ from __future__ import annotations
 import re
 
 REDACTED = "***REDACTED***"
+# Variable names whose values are secrets (a regular expression, case-insensitive): the
+# configuration snapshot and the configuration restore default to it.
+SECRET_NAME_PATTERN = "PASSWORD|SECRET|TOKEN|KEY"
 MIN_VALUE_LENGTH = 4
 NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
 # ${NAME:-default} / ${NAME-default} / ${NAME:=default} / ${NAME=default}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ansible.module_utils.config_redact import REDACTED, redact
+from ansible.module_utils.config_redact import REDACTED, SECRET_NAME_PATTERN, redact
 from ansible.module_utils.config_snapshot import ENCRYPTED_NAME, MASKED_NAME
 from ansible.module_utils.fileops import atomic_file, fsync_directory
 from ansible.module_utils.ops_errors import OpsError
@@ -36,7 +36,6 @@ from ansible.module_utils.ops_errors import OpsError
 PREFIX = "config/"
 RESTORED_FILE_MODE = 0o644
 RESTORED_DIR_MODE = 0o755
-DEFAULT_SECRET_PATTERN = "PASSWORD|SECRET|TOKEN|KEY"
 
 
 class ConfigRestoreError(OpsError):
@@ -53,7 +52,7 @@ def _inside(root: str, rel: str) -> str:
     return os.path.join(root, rel)
 
 
-def plan_restore(set_dir, dest, checksums, redact_values=(), secret_pattern=DEFAULT_SECRET_PATTERN):
+def plan_restore(set_dir, dest, checksums, redact_values=(), secret_pattern=SECRET_NAME_PATTERN):
     """Sort the set's stored configuration files (see the module docstring).
 
     ``checksums`` is SET.json's ``config`` map (``config/<name>`` -> sha256). Returns a dict

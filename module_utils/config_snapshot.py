@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 
-from ansible.module_utils.config_redact import redact
+from ansible.module_utils.config_redact import SECRET_NAME_PATTERN, redact
 from ansible.module_utils.fileops import (
     DIR_MODE,
     FILE_MODE,
@@ -89,7 +89,7 @@ class Snapshot:
     """One snapshot run: ``plan`` compares, ``apply`` writes (not called in check mode)."""
 
     def __init__(self, src, dest, excludes=("*.lock",), env_file=".env", recipients=(),
-                 secret_pattern="PASSWORD|SECRET|TOKEN|KEY", age_binary=None,
+                 secret_pattern=SECRET_NAME_PATTERN, age_binary=None,
                  redact_values=()):  # fmt: skip
         self.src = src
         self.dest = dest

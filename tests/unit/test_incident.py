@@ -601,18 +601,19 @@ def test_bundle_entry_point_bundles_every_host_and_the_diagnosis(tmp_path):
                 "app_servers": {
                     "hosts": {
                         "app1": {
-                            "stack_db_password": DB_PASSWORD,
+                            # what gather.yml leaves: the host's stack_secret_values as a fact
+                            "incident_secret_values": [DB_PASSWORD],
                             "incident_evidence": {
                                 "evidence": {"files": {"logs/backend.log": log}, "errors": []}
                             },
                         },
                         "app2": {
-                            "stack_db_password": DB_PASSWORD,
+                            "incident_secret_values": [DB_PASSWORD],
                             "incident_evidence": {
                                 "evidence": {"files": {"compose-ps.txt": "db up\n"}, "errors": []}
                             },
                         },
-                        "app3": {"stack_db_password": DB_PASSWORD},
+                        "app3": {"incident_secret_values": [DB_PASSWORD]},
                     }
                 }
             }
