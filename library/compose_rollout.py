@@ -17,7 +17,7 @@ description:
     them the network alias O(route_alias) that nginx resolves through Docker's DNS at request
     time (no nginx reload, so no client connection is closed); optionally waits
     O(soak_seconds) while they must stay healthy; waits until nginx's DNS cache
-    (O(resolver_valid)) knows them; makes the old containers refuse new connections (an
+    (O(resolver_valid) + 2 s: nginx keeps an answer to the end of a whole second) knows them; makes the old containers refuse new connections (an
     iptables REJECT of SYNs to O(upstream_port) in their network namespace, through
     C(nsenter): nginx passes the request to another replica) and waits until their requests in
     flight are done, at most O(drain_seconds); stops them (SIGTERM, C(--time)

@@ -156,6 +156,18 @@ def plan(containers, desired_hash, replicas, replace_all=False):
     }
 
 
+def dns_cache_seconds(resolver_valid):
+    """How long nginx may still use a DNS answer received just before the routing changed.
+
+    nginx keeps an answer while `valid >= ngx_time()`, with `valid = ngx_time() + valid=`
+    and ngx_time() in whole seconds: an answer received at t.99 s of a second is used until
+    the end of second t + valid, i.e. up to valid + 1 s later. A margin of 1 s covers a
+    worker's cached clock lagging under load and Docker's DNS taking the new alias. Waiting
+    only valid + 0.5 s failed requests: both addresses nginx still had were refusing.
+    """
+    return float(resolver_valid) + 2.0
+
+
 def read_text(path):
     with open(path, encoding="ascii") as handle:
         return handle.read()
@@ -469,8 +481,9 @@ class Rollout(Routing):
         gated = {}
         try:
             if wait_dns:
-                # nginx caches Docker's DNS answer resolver_valid s: then it knows the new ones.
-                self.sleep(float(self.p["resolver_valid"]) + 0.5)
+                # Until nginx's cached DNS answer (the old containers only) has expired, the
+                # old containers may be all it knows: refusing them then fails requests.
+                self.sleep(dns_cache_seconds(self.p["resolver_valid"]))
             gated = self.gate(remove)
             if gated:
                 self.drain(gated)

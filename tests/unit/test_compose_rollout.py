@@ -402,7 +402,7 @@ def test_rollout_routes_to_the_new_containers_then_gates_drains_and_stops_the_ol
         ("up", ["p-backend-3", "p-backend-4"]),
         ("route", "p-backend-3"),  # the health gate passed: they get the alias nginx resolves
         ("route", "p-backend-4"),
-        ("sleep", 1.5),  # past nginx's DNS cache (resolver valid=1s): it knows the new ones
+        ("sleep", 3.0),  # past nginx's DNS cache (valid=1s, kept to the end of the second)
         ("gate", "p-backend-1"),  # new connections refused, nginx uses another replica
         ("gate", "p-backend-2"),
         ("sleep", 0.25),  # requests still in flight: 3, then 1, then none
