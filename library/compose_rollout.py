@@ -17,12 +17,12 @@ description:
     them the network alias O(route_alias) that nginx resolves through Docker's DNS at request
     time (no nginx reload, so no client connection is closed); optionally waits
     O(soak_seconds) while they must stay healthy; waits until nginx's DNS cache
-    (O(resolver_valid) + 2 s: nginx keeps an answer to the end of a whole second) knows them; makes the old containers refuse new connections (an
-    iptables REJECT of SYNs to O(upstream_port) in their network namespace, through
-    C(nsenter): nginx passes the request to another replica) and waits until their requests in
-    flight are done, at most O(drain_seconds); stops them (SIGTERM, C(--time)
-    O(stop_grace_seconds), all at once) and removes them. docs/rollout.md states the
-    guarantees and limits."
+    (O(resolver_valid) + 2 s: nginx keeps an answer to the end of a whole second) knows
+    them; makes the old containers refuse new connections (an iptables REJECT of SYNs to
+    O(upstream_port) in their network namespace, through C(nsenter): nginx passes the
+    request to another replica) and waits until their requests in flight are done, at most
+    O(drain_seconds); stops them (SIGTERM, C(--time) O(stop_grace_seconds), all at once) and
+    removes them. docs/rollout.md states the guarantees and limits."
   - A new container that exits or turns unhealthy, or is still starting after
     O(health_timeout) seconds, is removed again before nginx ever routes to it; the old
     containers never stopped serving. The module fails naming the containers, their state,
