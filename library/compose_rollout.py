@@ -45,6 +45,12 @@ description:
     bounded by the check's timeout) as soon as the container runs, so a ready container takes
     traffic at once. A failing test changes nothing: Docker's checks still decide unhealthy."
   - "O(action=status) only reads the service's containers (name, image, state, health)."
+  - "O(action=restart) restarts the O(containers) of the service in place, one after another:
+    a running one that nginx routes to first refuses new connections and drains like an old
+    container of a rollout; then it is stopped, loses O(route_alias) (a restarted container
+    keeps its aliases and nginx would resolve it while it starts), is started, and gets the
+    alias back once its health check passes. One that does not become healthy within
+    O(health_timeout) stays out of the routing and the module fails naming it."
   - O(action=route) gives O(route_alias) to every running replica that passed its health check
     and lacks it (replicas that C(docker compose up) created); O(action=upstream) also writes
     the file O(upstream_path) with the address nginx resolves and reloads nginx when it
@@ -74,8 +80,12 @@ options:
   action:
     description: What to do, see the description.
     type: str
-    choices: [rollout, upstream, route, reload, images, status]
+    choices: [rollout, upstream, route, reload, images, status, restart]
     default: rollout
+  containers:
+    description: Names of the containers of O(service) to restart, for O(action=restart).
+    type: list
+    elements: str
   image:
     description:
       - Image reference (repository:tag) the service must run; see the description.
@@ -323,10 +333,11 @@ ARGUMENT_SPEC = {
     "service": {"type": "str", "default": "backend"},
     "action": {
         "type": "str",
-        "choices": ["rollout", "upstream", "route", "reload", "images", "status"],
+        "choices": ["rollout", "upstream", "route", "reload", "images", "status", "restart"],
         "default": "rollout",
     },
     "image": {"type": "str"},
+    "containers": {"type": "list", "elements": "str"},
     "images": {"type": "list", "elements": "str"},
     "pull": {"type": "bool", "default": False},
     "compose_file": {"type": "path"},
@@ -345,7 +356,7 @@ ARGUMENT_SPEC = {
     "upstream_port": {"type": "int"},
     "docker_cli": {"type": "str", "default": "docker"},
 }
-NGINX_ACTIONS = ("rollout", "upstream", "route", "reload")
+NGINX_ACTIONS = ("rollout", "upstream", "route", "reload", "restart")
 
 
 def main():
@@ -356,6 +367,7 @@ def main():
             *(("action", a, ("upstream_port", "route_alias")) for a in NGINX_ACTIONS),
             ("action", "upstream", ("upstream_path",)),
             ("action", "images", ("images",)),
+            ("action", "restart", ("containers",)),
         ],
     )
     params = module.params

@@ -577,6 +577,63 @@ class Rollout(Routing):
             self.check_running_image(image)
         return result
 
+    def restart(self):
+        """Restart the named containers of the service in place, one after another, without
+        sending them a request while they stop and start (the restart role's unhealthy mode).
+
+        A running one that nginx routes to refuses new connections (the others take them) and
+        drains first; then it is stopped, loses the route alias (a restarted container would
+        keep it and be resolved again while it starts), is started and gets the alias back
+        once healthy. One that does not become healthy stays out of the routing.
+        """
+        service, names = self.p["service"], list(self.p.get("containers") or [])
+        found = {c["Name"].lstrip("/"): c for c in self.inspect(names)} if names else {}
+        labels = {n: c["Config"].get("Labels") or {} for n, c in found.items()}
+        strangers = [n for n in names if labels.get(n, {}).get(SERVICE_LABEL) != service]
+        if strangers:
+            raise RolloutError(
+                f"{', '.join(strangers)}: not containers of the service {service} of "
+                f"{self.p['project_name']}; nothing was restarted."
+            )
+        result = {"service": service, "restarted": names, "changed": bool(names)}
+        self.diff = {
+            "before": "".join(
+                f"{n} {found[n]['State']['Status']} {health_of(found[n])}\n" for n in names
+            ),
+            "after": "".join(f"{n} running healthy\n" for n in names),
+        }
+        if self.check_mode or not names:
+            return result
+        sick = {}
+        for name in names:
+            info = found[name]
+            if info["State"]["Status"] in ("running", "restarting", "paused"):
+                if info["State"]["Status"] == "running" and self.routed(info):
+                    self.drain(self.gate([name]))
+                grace = str(self.stop_grace())
+                self.cmd([self.docker, "stop", "--time", grace, name], f"stopping {name}")
+            if self.routed(info):
+                self.unroute(info)
+            self.cmd([self.docker, "start", name], f"starting {name}")
+            failed = self.wait_healthy([name])
+            if failed:
+                sick.update(failed)
+                self.note(f"{name} did not become healthy: left out of nginx's routing")
+                continue
+            self.attach(self.inspect([name]))
+        if sick:
+            states = "; ".join(
+                f"{n} {(s.get('State') or {}).get('Status', s.get('status'))} {health_of(s)}"
+                for n, s in sick.items()
+            )
+            raise RolloutError(
+                f"Restarted {', '.join(sick)} of {service} in place, but not healthy within "
+                f"{self.p['health_timeout']} s ({states}). nginx does not route to "
+                f"{'it' if len(sick) == 1 else 'them'}; the other replicas serve. Read "
+                "`docker logs NAME`; a broken release: playbooks/rollback.yml."
+            )
+        return result
+
     def upstream(self):
         changed = self.write_upstream()
         routed = self.adopt()

@@ -109,18 +109,31 @@ class Routing:
                 )
             if self.routed(container):
                 continue
-            short = container["Id"][:12]
-            aliases = [a for a in endpoint.get("Aliases") or [] if a not in (short, alias)]
-            argv = [self.docker, "network", "connect"]
-            for each in [*aliases, alias]:
-                argv += ["--alias", each]
             # Not routed yet, so nothing from nginx is in flight on it: reconnect with the alias.
-            self.cmd([self.docker, "network", "disconnect", network, name], f"disconnecting {name}")
-            self.cmd([*argv, network, name], f"connecting {name} with the alias {alias}")
+            self.reconnect(container, routed=True)
             names.append(name)
         if names:
             self.note(f"routed to {', '.join(names)} (alias {alias})")
         return names
+
+    def unroute(self, container):
+        """Take the route alias from a stopped container: nginx no longer resolves it."""
+        self.reconnect(container, routed=False)
+        self.note(f"took the alias {self.p['route_alias']} from {container['Name'].lstrip('/')}")
+
+    def reconnect(self, container, routed):
+        """Disconnect the container from the route network and connect it again with its own
+        aliases, plus the route alias when `routed` (Docker has no way to change an alias)."""
+        network, alias, name = self.network(), self.p["route_alias"], container["Name"].lstrip("/")
+        short = container["Id"][:12]
+        endpoint = self.endpoint(container) or {}
+        aliases = [a for a in endpoint.get("Aliases") or [] if a not in (short, alias)]
+        argv = [self.docker, "network", "connect"]
+        for each in [*aliases, alias] if routed else aliases:
+            argv += ["--alias", each]
+        self.cmd([self.docker, "network", "disconnect", network, name], f"disconnecting {name}")
+        what = f"connecting {name} with the alias {alias}" if routed else f"connecting {name}"
+        self.cmd([*argv, network, name], what)
 
     def adopt(self):
         """Route every running replica that passed its health check and lacks the alias."""

@@ -240,10 +240,9 @@ class FakeDocker:
         if op == "disconnect":
             self.containers[name]["aliases"] = None
         else:
-            self.containers[name]["aliases"] = [
-                a for i, a in enumerate(args) if args[i - 1] == "--alias"
-            ]
-            self.log.append(("route", name))
+            aliases = [a for i, a in enumerate(args) if args[i - 1] == "--alias"]
+            self.containers[name]["aliases"] = aliases
+            self.log.append(("route" if "live" in aliases else "unroute", name))
         return 0, "", ""
 
     def do_inspect(self, args):
@@ -257,7 +256,7 @@ class FakeDocker:
                 continue
             state = {"Status": c["status"], "OOMKilled": c.get("oom", False)}
             state["Health"] = {"Status": c["health"], "Log": [{"Output": "probe said no"}]}
-            labels = {cr.HASH_LABEL: c["hash"]}
+            labels = {cr.HASH_LABEL: c["hash"], cr.SERVICE_LABEL: c["service"]}
             config = {"Labels": labels, "Image": c.get("image")}
             config["Healthcheck"] = {"Test": ["CMD", "python3", "-c", "probe"], "Timeout": 4e9}
             networks = {"p_default": {"Aliases": c.get("aliases")}} if c.get("aliases") else {}
@@ -306,6 +305,14 @@ class FakeDocker:
         self.log.append(("grace", args[2]))
         for name in args[3:]:
             self.containers[name]["status"] = "exited"
+        return 0, "", ""
+
+    def do_start(self, args):
+        name = args[1]
+        self.log.append(("start", name))
+        c = self.containers[name]
+        c.update(status="running", health=c.get("health_after_start", "starting"))
+        c["pid"] = str(int(c["pid"]) + 1000)  # a new process
         return 0, "", ""
 
     def do_rm(self, args):
@@ -733,3 +740,60 @@ def test_image_references_are_compared_with_their_implicit_tag():
     assert cr.image_ref("reg:5000/a/b:1") == "reg:5000/a/b:1"
     assert cr.repository_of("reg:5000/a/b:1") == "reg:5000/a/b"
     assert cr.repository_of("a/b@sha256:00") == "a/b"
+
+
+# --------------------------------------------------------------------------- restart in place
+
+
+def test_restart_in_place_drains_and_keeps_the_replica_out_of_routing_until_healthy(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.containers["p-backend-1"].update(health="unhealthy", probe_rc=0)
+    fake.busy = {"p-backend-1": [1, 0]}
+    result = rollout(fake, containers=["p-backend-1"]).restart()
+    assert result["restarted"] == ["p-backend-1"]
+    assert result["changed"]
+    assert fake.kinds("gate", "stop", "unroute", "start", "health test", "route") == [
+        ("gate", "p-backend-1"),  # nginx passes new connections to p-backend-2
+        ("stop", ["p-backend-1"]),  # after its request in flight finished
+        ("unroute", "p-backend-1"),  # started again, it would be resolved while it starts
+        ("start", "p-backend-1"),
+        ("health test", "p-backend-1"),
+        ("route", "p-backend-1"),  # only once healthy
+    ]
+    assert routed(fake) == ["p-backend-1", "p-backend-2"]
+    assert fake.containers["p-backend-1"]["aliases"] == ["backend", "p-backend-1", "live"]
+
+
+def test_restart_in_place_of_an_exited_replica_starts_it_unrouted(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.containers["p-backend-1"].update(status="exited", probe_rc=0)
+    rollout(fake, containers=["p-backend-1"]).restart()
+    assert fake.kinds("gate", "stop", "unroute", "start", "route") == [
+        ("unroute", "p-backend-1"),
+        ("start", "p-backend-1"),
+        ("route", "p-backend-1"),
+    ]
+
+
+def test_restart_in_place_that_stays_unhealthy_is_not_routed_and_says_so(tmp_path):
+    fake = FakeDocker(tmp_path)
+    fake.containers["p-backend-1"].update(status="exited", health_after_start="unhealthy")
+    with pytest.raises(cr.RolloutError) as err:
+        rollout(fake, containers=["p-backend-1"]).restart()
+    assert "p-backend-1" in str(err.value)
+    assert "not healthy within 30 s" in str(err.value)
+    assert "nginx does not route to it" in str(err.value)
+    assert routed(fake) == ["p-backend-2"]
+    assert fake.kinds("route") == []
+
+
+def test_restart_in_place_refuses_names_of_other_services_and_check_mode_changes_nothing(
+    tmp_path,
+):
+    fake = FakeDocker(tmp_path)
+    with pytest.raises(cr.RolloutError, match="p-nginx-1: not containers of the service backend"):
+        rollout(fake, containers=["p-backend-1", "p-nginx-1"]).restart()
+    result = rollout(fake, check_mode=True, containers=["p-backend-1"]).restart()
+    assert result["changed"]
+    assert result["restarted"] == ["p-backend-1"]
+    assert fake.kinds("gate", "stop", "unroute", "start", "route") == []
