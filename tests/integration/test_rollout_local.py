@@ -136,13 +136,19 @@ def test_restart_check_mode_reports_a_stopped_replica_then_restart_brings_it_bac
 
     result, failures = play(tmp_path / "real", stack, "restart", restart_services="backend")
     assert result.rc == 0, failures
+    # a backend replica is restarted by the rollout role's restart entry point, not docker restart
     restarted = [
-        e["event_data"]["res"].get("item")
+        name
         for e in result.events
-        if e.get("event") == "runner_item_on_ok" and e["event_data"]["res"].get("changed")
+        if e.get("event") == "runner_on_ok" and e["event_data"]["res"].get("changed")
+        for name in e["event_data"]["res"].get("restarted") or []
     ]
     assert replica in restarted
     assert state(replica) == "running healthy"
+    # routed again (only once healthy): it carries the alias nginx resolves
+    networks = json.loads(run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                               replica]).stdout)  # fmt: skip
+    assert any("backend-live" in (n.get("Aliases") or []) for n in networks.values()), networks
     assert version() == "1.1.0"
 
 
