@@ -121,6 +121,14 @@ def health_of(container):
     return ((container.get("State") or {}).get("Health") or {}).get("Status") or "none"
 
 
+def state_line(name, info):
+    """'NAME STATUS HEALTH' of an inspected container; 'NAME gone' (or the status the caller
+    recorded) when there is nothing to inspect."""
+    if not info or "State" not in info:
+        return f"{name} {(info or {}).get('status', 'gone')}"
+    return f"{name} {info['State']['Status']} {health_of(info)}"
+
+
 def health_test(container):
     """The container's own health test as an argv for docker exec, or None when it has none."""
     test = ((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
@@ -417,11 +425,10 @@ class Rollout(Routing):
         parts, oom, health_out, last_log = [], False, "none", "none"
         for name in new:
             info = sick.get(name)
+            parts.append(f"{name} healthy" if info is None else state_line(name, info))
             if info is None or "State" not in info:
-                parts.append(f"{name} {'healthy' if info is None else info['status']}")
                 continue
             state = info["State"]
-            parts.append(f"{name} {state['Status']} {health_of(info)}")
             oom = oom or bool(state.get("OOMKilled"))
             log = (state.get("Health") or {}).get("Log") or []
             if log:
@@ -455,8 +462,7 @@ class Rollout(Routing):
         while True:
             states = {c["Name"].lstrip("/"): c for c in self.inspect(new)}
             sick = [
-                f"{n} {states[n]['State']['Status']} {health_of(states[n])}" if n in states
-                else f"{n} gone"
+                state_line(n, states.get(n))
                 for n in new
                 if n not in states
                 or states[n]["State"]["Status"] != "running"
@@ -622,10 +628,7 @@ class Rollout(Routing):
                 continue
             self.attach(self.inspect([name]))
         if sick:
-            states = "; ".join(
-                f"{n} {(s.get('State') or {}).get('Status', s.get('status'))} {health_of(s)}"
-                for n, s in sick.items()
-            )
+            states = "; ".join(state_line(n, s) for n, s in sick.items())
             raise RolloutError(
                 f"Restarted {', '.join(sick)} of {service} in place, but not healthy within "
                 f"{self.p['health_timeout']} s ({states}). nginx does not route to "

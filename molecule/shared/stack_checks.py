@@ -15,6 +15,8 @@ HTTP = "http://127.0.0.1:8080"
 PROMETHEUS = "http://127.0.0.1:9090"
 # The load generator's bound (molecule/shared/loadgen.yml --duration).
 LOADGEN_SECONDS = 900
+# nginx's error for a refused connect: a draining replica's, retried by nginx on purpose.
+REFUSED = "(111: Connection refused)"
 
 
 def evidence(host, log_lines: int = 20) -> str:
@@ -105,10 +107,8 @@ def failed_in_nginx_log(host) -> str:
     logs = host.run(f"docker compose -p {PROJECT} logs --no-color --no-log-prefix nginx")
     lines = (logs.stdout + logs.stderr).splitlines()
     bad = [line for line in lines if "upstream=" in line and '" 2' not in line]
-    errors = [
-        line for line in lines if "[error]" in line and "(111: Connection refused)" not in line
-    ]
-    refused = sum("(111: Connection refused)" in line for line in lines)
+    errors = [line for line in lines if "[error]" in line and REFUSED not in line]
+    refused = sum(REFUSED in line for line in lines)
     return (
         f"\n--- nginx: {len(bad)} request(s) not 2xx ---\n" + "\n".join(bad[:20])
         + f"\n--- nginx: {refused} refused connect(s) retried, other errors ---\n"
